@@ -1,0 +1,99 @@
+"""`build(variant, size)` and `supports(variant, device)`: the only entry points other packages need."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from models.attention_backends import ATTENTION
+from models.ctclip import CTCLIP
+from models.losses import LOSSES
+from models.mlp import ACTIVATIONS
+from models.norms import NORMS
+from models.position import POSITIONS
+from models.registry import Registry
+from models.text import TEXT_TOWERS
+from models.variant import Size, Variant, get_size
+
+# Axes whose every value is a registered backend with its own `supports`.
+AXIS_REGISTRIES: dict[str, Registry] = {
+    "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
+    "loss": LOSSES, "text": TEXT_TOWERS,
+}
+
+
+def _compile_reason(device: torch.device) -> "str | None":
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        return "torch.compile (inductor) on CPU needs a C++ compiler (g++), and none is on PATH"
+    return None
+
+
+def _precision_reason(variant: Variant, device: torch.device) -> "str | None":
+    if device.type == "cuda" and variant.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16 support"
+    return None
+
+
+def supports(variant: Variant, device: "torch.device | str" = "cpu") -> "str | None":
+    """None if `variant` can train (forward, backward, optimizer step) on `device`, else the reason."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "device is cuda but no CUDA GPU is available"
+    for axis, registry in AXIS_REGISTRIES.items():
+        reason = registry.supports(getattr(variant, axis), variant, device)
+        if reason:
+            return f"{axis}={getattr(variant, axis)}: {reason}"
+    if variant.compile and (reason := _compile_reason(device)):
+        return f"compile=on: {reason}"
+    if reason := _precision_reason(variant, device):
+        return f"precision={variant.precision}: {reason}"
+    return None
+
+
+def build(variant: Variant, size: "Size | str", device: "torch.device | str" = "cpu",
+          text_weights: "str | Path | None" = None) -> CTCLIP:
+    """A CT-CLIP with one implementation per axis of `variant`, fp32 weights on `device`.
+
+    Raises ValueError with the reason when `supports(variant, device)` says it cannot run, rather than
+    building something that would silently fall back to another kernel.
+    """
+    size = get_size(size)
+    reason = supports(variant, device)
+    if reason:
+        raise ValueError(f"variant {variant.key} cannot run on {device}: {reason}")
+    model = CTCLIP(variant, size, text_weights=text_weights).to(device)
+    if variant.checkpointing:
+        # transformers >= 5 renamed gradient_checkpointing_enable; accept both.
+        enable = getattr(model.text_encoder, "activation_checkpointing_enable", None) or \
+            model.text_encoder.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if variant.compile:
+        # Compile the two towers in place (state-dict keys unchanged) so the stage methods
+        # encode_image / encode_text, which call the towers, run compiled.
+        model.visual_encoder.compile()
+        model.text_encoder.compile()
+    return model
+
+
+def example_batch(size: "Size | str", batch: "int | None" = None, device: "torch.device | str" = "cpu",
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deterministic synthetic inputs: volumes in [-1, 1] (CT-CLIP's normalised HU) and padded token ids.
+
+    Reports have random lengths between a quarter of and the full `text_max_len`, framed by [CLS] (101)
+    and [SEP] (102) and padded with 0, as the BERT uncased vocabulary lays them out.
+    """
+    size = get_size(size)
+    batch = batch or size.batch
+    gen = torch.Generator().manual_seed(seed)
+    volumes = torch.rand((batch, *size.volume_shape), generator=gen) * 2 - 1
+    max_len = size.text_max_len
+    lengths = torch.randint(max(3, max_len // 4), max_len + 1, (batch,), generator=gen)
+    input_ids = torch.zeros(batch, max_len, dtype=torch.long)
+    attention_mask = torch.zeros(batch, max_len, dtype=torch.long)
+    for row, length in enumerate(lengths.tolist()):
+        words = torch.randint(1000, size.text_vocab_size, (length - 2,), generator=gen)
+        input_ids[row, :length] = torch.cat([torch.tensor([101]), words, torch.tensor([102])])
+        attention_mask[row, :length] = 1
+    return volumes.to(device), input_ids.to(device), attention_mask.to(device)

@@ -1,0 +1,76 @@
+"""The `norm` axis: which normalisation sits in each slot of a transformer block.
+
+Slots (CT-CLIP names in brackets):
+- `attn`: the attention pre-norm on the query path [`Attention.norm`, a bias-less LayerNorm],
+- `ff`:   the feed-forward input norm [`FeedForward[0]`, a standard `nn.LayerNorm` with bias],
+- `out`:  the norm after the last layer of each transformer [`Transformer.norm_out`, bias-less].
+
+`layernorm` keeps exactly those. `rmsnorm` and `rmsnorm_triton` replace all three slots (unlike the
+seed project, whose RMSNorm switch skipped the FF norm). The two patch-embedding LayerNorms are not
+transformer-block norms and never change.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import Registry
+
+NormFactory = Callable[[int, str], nn.Module]
+NORMS: Registry[NormFactory] = Registry("norm")
+
+# nn.RMSNorm's eps placement (inside the square root); the Triton kernel uses the same.
+RMS_EPS = 1e-6
+
+
+class BiasFreeLayerNorm(nn.Module):
+    """LayerNorm with a learnable gain and no bias (CT-CLIP's `LayerNorm`: gamma plus a zero beta buffer)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, None, self.eps)
+
+
+def _kernels_reason(variant: object, device: torch.device) -> "str | None":
+    try:
+        import kernels
+    except ImportError as err:  # pragma: no cover - kernels/ ships with the project
+        return f"kernels/ cannot be imported: {err}"
+    supports = getattr(kernels, "supports", None)
+    if supports is None:
+        return "kernels/ does not provide the Triton kernels yet"
+    return supports(device)
+
+
+@NORMS.register("layernorm")
+def layernorm(dim: int, slot: str) -> nn.Module:
+    """CT-CLIP's own: bias-less LayerNorm in the attention and output slots, nn.LayerNorm in the FF slot."""
+    return nn.LayerNorm(dim) if slot == "ff" else BiasFreeLayerNorm(dim)
+
+
+@NORMS.register("rmsnorm")
+def rmsnorm(dim: int, slot: str) -> nn.Module:
+    """torch.nn.RMSNorm (y = x / sqrt(mean(x^2) + eps) * w) in every block slot."""
+    return nn.RMSNorm(dim, eps=RMS_EPS)
+
+
+@NORMS.register("rmsnorm_triton", supports=_kernels_reason)
+def rmsnorm_triton(dim: int, slot: str) -> nn.Module:
+    """The fused Triton RMSNorm (kernels/rmsnorm.py), same math and parameter names as `rmsnorm`."""
+    from kernels import TritonRMSNorm
+
+    return TritonRMSNorm(dim, eps=RMS_EPS)
+
+
+def make_norm(name: str, dim: int, slot: str) -> nn.Module:
+    if slot not in ("attn", "ff", "out"):
+        raise ValueError(f"unknown norm slot {slot!r}; slots: attn, ff, out")
+    return NORMS.get(name).impl(dim, slot)

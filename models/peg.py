@@ -1,0 +1,48 @@
+"""PEG: CT-CLIP's position-encoding generator, a depthwise 3x3x3 convolution over the token grid.
+
+Padding is zero on rows and columns and causal on the depth ("frame") axis: two slabs before, none
+after, as upstream sets `peg_causal=True` for both stages.
+
+The temporal-stage layout quirk. Upstream restores the 5-D grid with a raw `reshape(b, t, h, w, d)`.
+In the spatial stage tokens are laid out (b, t, h, w) and that is right. In the temporal stage they are
+laid out (b, h, w, t), so the same reshape makes the convolution's depth axis the real image rows, its
+row axis the real columns and its column axis the real depth (the causal padding lands on image rows).
+`peg_layout="upstream"` reproduces that exactly (the faithful choice, needed to use upstream weights);
+`"corrected"` rearranges to the true (t, h, w) grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+Grid = tuple[int, int, int, int]  # (batch, depth, height, width) of the token grid
+
+
+class PEG(nn.Module):
+    def __init__(self, dim: int, stage: str, layout: str) -> None:
+        super().__init__()
+        if stage not in ("spatial", "temporal") or layout not in ("upstream", "corrected"):
+            raise ValueError(f"bad PEG stage/layout {stage!r}/{layout!r}")
+        self.stage = stage
+        self.layout = layout
+        self.conv = nn.Conv3d(dim, dim, kernel_size=3, groups=dim)
+
+    def _to_grid(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        b, t, h, w = grid
+        if self.stage == "spatial" or self.layout == "upstream":
+            return x.reshape(b, t, h, w, -1)
+        return rearrange(x, "(b h w) t d -> b t h w d", b=b, h=h, w=w)
+
+    def _from_grid(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.stage == "spatial" or self.layout == "upstream":
+            return x.reshape(like.shape)
+        return rearrange(x, "b t h w d -> (b h w) t d")
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        g = rearrange(self._to_grid(x, grid), "b t h w d -> b d t h w")
+        g = F.pad(g, (1, 1, 1, 1, 2, 0))  # (w, h, causal t)
+        g = rearrange(self.conv(g), "b d t h w -> b t h w d")
+        return self._from_grid(g, x)

@@ -1,0 +1,44 @@
+"""One CT-ViT stage: `depth` residual layers of PEG -> self-attention -> gated FF, then an output norm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models.attention import Attention
+from models.mlp import FeedForward
+from models.norms import make_norm
+from models.peg import PEG, Grid
+from models.position import SpatialPosition
+
+
+class Layer(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int, ff_inner: int, variant, stage: str) -> None:
+        super().__init__()
+        self.peg = PEG(dim, stage, variant.peg_layout)
+        self.attn = Attention(dim, heads, dim_head, variant.norm, variant.attention)
+        self.ff = FeedForward(dim, ff_inner, variant.norm, variant.mlp)
+
+    def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None") -> torch.Tensor:
+        x = self.peg(x, grid) + x
+        x = self.attn(x, position) + x
+        return self.ff(x) + x
+
+
+class Transformer(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, ff_inner: int, variant, stage: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Layer(dim, heads, dim_head, ff_inner, variant, stage) for _ in range(depth))
+        self.norm_out = make_norm(variant.norm, dim, "out")
+        self.checkpointing = variant.checkpointing
+
+    def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None" = None) -> torch.Tensor:
+        for layer in self.layers:
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # Non-reentrant checkpointing recomputes each layer in backward and handles the
+                # position bias (a tensor that needs grad) captured by the closure correctly.
+                x = checkpoint(layer, x, grid, position, use_reentrant=False)
+            else:
+                x = layer(x, grid, position)
+        return self.norm_out(x)
