@@ -65,10 +65,11 @@ def build(variant: Variant, size: "Size | str", device: "torch.device | str" = "
         raise ValueError(f"variant {variant.key} cannot run on {device}: {reason}")
     model = CTCLIP(variant, size, text_weights=text_weights).to(device)
     if variant.checkpointing:
-        # transformers >= 5 renamed gradient_checkpointing_enable; accept both.
-        enable = getattr(model.text_encoder, "activation_checkpointing_enable", None) or \
-            model.text_encoder.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        text = model.text_encoder
+        if hasattr(text, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method
+            text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if variant.compile:
         # Compile the two towers in place (state-dict keys unchanged) so the stage methods
         # encode_image / encode_text, which call the towers, run compiled.
