@@ -1,7 +1,7 @@
 """The `attention` axis: which kernel computes softmax(scale * q k^T + bias) v.
 
 Every backend receives the same inputs: q, k, v of shape (B, H, N, D) with q and k already
-L2-normalised and multiplied by CT-CLIP's learnable per-dimension scales, an optional fp32 bias
+L2-normalised and multiplied by CT-CLIP's learnable per-dimension scales, an optional bias
 (H, N, N) and the fixed logit scale 8. So switching the backend changes the kernel only, never the
 model: QK-norm, the scale of 8 and (where the kernel can take it) the position bias are kept.
 (The seed project's "flash" path silently dropped QK-norm, the scale and the bias.)
@@ -88,7 +88,8 @@ def math_attention(q, k, v, bias, scale):
     sim = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     if bias is not None:
         sim = sim + bias
-    return torch.einsum("bhij,bhjd->bhid", sim.softmax(dim=-1), v)
+    # Casting the probabilities to v's dtype is what autocast does at this einsum upstream.
+    return torch.einsum("bhij,bhjd->bhid", sim.softmax(dim=-1).to(v.dtype), v)
 
 
 def _sdpa(q, k, v, bias, scale, backends: "list[SDPBackend] | None" = None):

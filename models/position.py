@@ -2,7 +2,7 @@
 
 - `cpb` (CT-CLIP): SwinV2's continuous position bias. For every (query, key) pair of the h x w slab the
   offset (dh, dw) goes through sign(x)*log(1+|x|) and an MLP 2 -> dim -> dim -> heads, giving an
-  additive fp32 bias (heads, N, N), N = h*w, recomputed every forward and shared by all spatial layers.
+  additive bias (heads, N, N), N = h*w, recomputed every forward and shared by all spatial layers.
   At paper size that is an MLP over 576*576 = 331,776 pairs with a 512-wide hidden layer.
 - `cpb_table`: the same MLP with the same weights, evaluated once per unique offset ((2h-1)(2w-1) = 2,209
   at paper size) and gathered into (heads, N, N). Identical math, ~150x fewer MLP FLOPs.
@@ -28,7 +28,7 @@ from models.registry import Registry
 class SpatialPosition:
     """What the spatial attention layers receive: an additive bias, a rotary table, or neither."""
 
-    bias: "torch.Tensor | None" = None  # (heads, N, N), fp32
+    bias: "torch.Tensor | None" = None  # (heads, N, N), in the dtype autocast gives the MLP
     rope: "tuple[torch.Tensor, torch.Tensor] | None" = None  # cos, sin: (N, dim_head)
 
 
@@ -54,28 +54,27 @@ class ContinuousPositionBias(nn.Module):
         ])
 
     def _mlp(self, offsets: torch.Tensor) -> torch.Tensor:
-        x = _log_distance(offsets.float())
+        # Upstream feeds the MLP fp32 offsets and lets autocast (if any) choose the matmul dtype.
+        x = _log_distance(offsets.to(self.net[-1].weight.dtype))
         for layer in self.net:
             x = layer(x)
         return x
 
     def forward(self, h: int, w: int, device: torch.device) -> SpatialPosition:
-        # The MLP runs in fp32 whatever the autocast context, as upstream casts the bias to fp32.
-        with torch.autocast(device_type=device.type, enabled=False):
-            if self.gather_table:
-                dh = torch.arange(-(h - 1), h, device=device)
-                dw = torch.arange(-(w - 1), w, device=device)
-                table_in = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1).reshape(-1, 2)
-                table = self._mlp(table_in)  # ((2h-1)(2w-1), heads)
-                rows = torch.arange(h, device=device).repeat_interleave(w)
-                cols = torch.arange(w, device=device).repeat(h)
-                index = (rows[:, None] - rows[None, :] + h - 1) * (2 * w - 1) + (cols[:, None] - cols[None, :] + w - 1)
-                bias = table[index]  # (N, N, heads)
-            else:
-                grid = torch.stack(torch.meshgrid(
-                    torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
-                ), dim=-1).reshape(-1, 2)
-                bias = self._mlp(grid[:, None, :] - grid[None, :, :])  # (N, N, heads)
+        if self.gather_table:
+            dh = torch.arange(-(h - 1), h, device=device)
+            dw = torch.arange(-(w - 1), w, device=device)
+            table_in = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1).reshape(-1, 2)
+            table = self._mlp(table_in)  # ((2h-1)(2w-1), heads)
+            rows = torch.arange(h, device=device).repeat_interleave(w)
+            cols = torch.arange(w, device=device).repeat(h)
+            index = (rows[:, None] - rows[None, :] + h - 1) * (2 * w - 1) + (cols[:, None] - cols[None, :] + w - 1)
+            bias = table[index]  # (N, N, heads)
+        else:
+            grid = torch.stack(torch.meshgrid(
+                torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+            ), dim=-1).reshape(-1, 2)
+            bias = self._mlp(grid[:, None, :] - grid[None, :, :])  # (N, N, heads)
         return SpatialPosition(bias=bias.permute(2, 0, 1))
 
 
