@@ -1,0 +1,16 @@
+"""The one exception type for problems a user can cause with their data (files, CSVs, volumes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data problem the user can fix: the message names the file, the problem and the fix."""
+
+    def __init__(self, path: "str | Path | None", problem: str, fix: str = "") -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        self.fix = fix
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}" + (f"; {fix}" if fix else ""))
