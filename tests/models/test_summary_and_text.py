@@ -55,3 +55,19 @@ def test_minilm_switch_loads_real_pretrained_weights():
     pooled = torch.nn.functional.normalize(pooled, dim=-1)
     # Real sentence-embedding weights rank the paraphrase far above the unrelated sentence.
     assert pooled[0] @ pooled[1] > 0.6 > 0.4 > pooled[0] @ pooled[2]
+
+
+def test_local_text_weights_and_tokenizer_folders_load(tmp_path):
+    """A user-named local checkpoint (a downloaded CXR-BERT, say) fills the bert-base tower; no hub involved."""
+    from transformers import BertModel
+
+    from models import SIZES, Variant, build
+
+    saved = BertModel(bert_config(SIZES["tiny"]), add_pooling_layer=False)
+    saved.save_pretrained(tmp_path / "bert")
+    load_tokenizer().save_pretrained(tmp_path / "bert")
+    model = build(Variant(), "tiny", text_weights=tmp_path / "bert")
+    for (name, ours), theirs in zip(model.text_encoder.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    tokenizer = load_tokenizer(tmp_path / "bert")
+    assert tokenizer.tokenize("Pleural effusion") == load_tokenizer().tokenize("Pleural effusion")
