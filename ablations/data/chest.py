@@ -137,7 +137,8 @@ def _great_vessels(c: Canvas, a: Anatomy) -> None:
     c.tube(eso[:2], 1.5, HU[T.AIR], T.AIR, where=(T.SOFT,))
     if a.hernia_mm > 0:
         h = a.hernia_mm
-        _stomach(c, (14.0, ey - 0.15 * h, a.dome_left + 0.45 * h), (0.55 * h, 0.45 * h, 0.6 * h), where=_NOT_BONE)
+        _stomach(c, (14.0, ey - 0.15 * h, a.dome_left + 0.45 * h), (0.55 * h, 0.45 * h, 0.6 * h),
+                 where=(T.LUNG, T.FAT, T.SOFT, T.VESSEL))
 
 
 def _airways_and_vessels(c: Canvas, a: Anatomy, tree: list[Branch]) -> None:
