@@ -9,6 +9,7 @@ model: QK-norm, the scale of 8 and (where the kernel can take it) the position b
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Callable
 
@@ -132,7 +133,12 @@ def _flex_supports(variant, device: torch.device) -> "str | None":
     return None
 
 
-_compiled_flex = None
+@functools.cache
+def _compiled_flex_attention():
+    # Eager flex materialises the scores; compiled (once per process) it is one fused kernel.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 @ATTENTION.register("flex", supports=_flex_supports)
@@ -140,17 +146,13 @@ def flex(q, k, v, bias, scale):
     """FlexAttention; the bias enters as a score_mod that indexes the (H, N, N) tensor."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    global _compiled_flex
     q, k, v = _same_dtype(q, k, v)
     score_mod = None
     if bias is not None:
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + bias[h, q_idx, kv_idx]
     if q.device.type == "cuda":
-        # Eager flex materialises the scores; compiled once per process it is a fused kernel.
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, score_mod=score_mod, scale=scale)
+        return _compiled_flex_attention()(q, k, v, score_mod=score_mod, scale=scale)
     return flex_attention(q, k, v, score_mod=score_mod, scale=scale)
 
 
