@@ -1,0 +1,74 @@
+"""Triton fused kernels for CT-CLIP's normalisation and gated feed-forward: RMSNorm, SwiGLU, GEGLU.
+
+    from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
+    if supports(device) is None:
+        norm = TritonRMSNorm(512).to(device)
+
+Importing this package never imports Triton: the modules are loaded on first attribute access, so a
+machine without Triton can import `kernels` and ask `supports()` why the kernels cannot run. On a CPU the
+kernels run in the Triton interpreter, which must be switched on (`TRITON_INTERPRET=1`) before the
+kernel modules are first loaded, because `@triton.jit` decides at definition time.
+
+This package imports only torch and triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import torch
+
+__all__ = ["TritonGEGLU", "TritonRMSNorm", "TritonSwiGLU", "supports"]
+
+# Public name -> submodule that defines it (loaded lazily, see module docstring).
+_LAZY = {
+    "TritonRMSNorm": "kernels.rmsnorm",
+    "TritonSwiGLU": "kernels.swiglu",
+    "TritonGEGLU": "kernels.swiglu",
+}
+_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.swiglu")
+
+
+def _interpret_env() -> bool:
+    # Same spelling rules as triton.knobs' env_bool, without importing triton.
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
+
+
+def supports(device: "torch.device | str" = "cpu") -> "str | None":
+    """None when the Triton kernels can run on `device`, else a one-line reason."""
+    device = torch.device(device)
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton; Linux only)"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "device is cuda but no CUDA GPU is available"
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if torch.version.hip is None and torch.cuda.get_device_capability(index) < (7, 0):
+            return f"Triton needs compute capability >= 7.0 (as torch.compile's check); {torch.cuda.get_device_name(index)} is older"
+        return None
+    if device.type == "cpu":
+        loaded = [sys.modules[name] for name in _KERNEL_MODULES if name in sys.modules]
+        if loaded:
+            # The kernels already exist: what counts is whether they were defined interpreted.
+            if all(getattr(module, "INTERPRETED", False) for module in loaded):
+                return None
+            return ("the Triton kernels were defined without TRITON_INTERPRET=1, so they cannot run on CPU; "
+                    "set it before kernels/ is first used")
+        if _interpret_env():
+            return None
+        return "Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 set before kernels/ is imported"
+    return f"Triton kernels run on CUDA GPUs (or on CPU in the interpreter), not on {device.type}"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,203 @@
+"""Fused RMSNorm, forward and backward, in Triton.
+
+For one row x of width N, weight w and eps, with all arithmetic in fp32 whatever the input dtype:
+
+    eps "inside"  (torch.nn.RMSNorm):  r = 1 / sqrt(mean(x^2) + eps)
+    eps "outside" (the seed project):  r = 1 / (sqrt(mean(x^2)) + eps)
+    y = x * r * w
+
+The forward saves r per row (fp32), so the backward never re-reduces for it. With g = dy * w and
+c = mean(g * x) (one row reduction):
+
+    inside:   dx = r * g - x * r^3 * c                       (dr/dx = -r^3 x / N)
+    outside:  dx = r * g - x * r^2 * c / rms,  rms = sqrt(mean(x^2))   (dr/dx = -r^2 x / (N rms));
+              the second term is taken as 0 for an all-zero row, where the derivative does not exist
+    dw = sum over rows of dy * x * r
+
+dw is reduced in two deterministic stages: each program of the backward walks a fixed set of row tiles
+and keeps its own fp32 partial sum (no atomics), then one `sum` over the programs' partials. Rows of any
+width up to 65,536 are handled in one tile per row, with masking for widths that are not powers of two.
+
+References: the Triton layer-norm tutorial (fused backward with per-program dW partials) and
+Liger-Kernel's rms_norm (saved fp32 rstd, grid-stride backward); the code here is written afresh.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from kernels._launch import (MAX_ROW_WIDTH, as_rows, check_float, interpreting, next_pow2, num_warps,
+                             output_buffer, persistent_programs, rows_per_tile)
+
+# Whether the kernels below were defined for the interpreter (read by kernels.supports).
+INTERPRETED = interpreting()
+EPS_PLACEMENTS = ("inside", "outside")
+
+
+@triton.jit
+def _rmsnorm_fwd_kernel(X, Y, W, R, stride_x, stride_y, n_rows, n_cols, eps,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EPS_INSIDE: tl.constexpr):
+    # int64 row indices: rows * stride overflows int32 beyond 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    col_ok = cols < n_cols
+    mask = row_ok[:, None] & col_ok[None, :]
+    # Upcast on load: the interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy we promise.
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    mean_sq = tl.sum(x * x, axis=1) / n_cols
+    if EPS_INSIDE:
+        r = 1.0 / tl.sqrt(mean_sq + eps)
+    else:
+        r = 1.0 / (tl.sqrt(mean_sq) + eps)
+    y = x * r[:, None] * w[None, :]
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(R + rows, r, mask=row_ok)
+
+
+@triton.jit
+def _rmsnorm_bwd_kernel(DY, X, W, R, DX, DW_PARTIAL, stride_dy, stride_x, stride_dx, n_rows, n_cols,
+                        TILES_PER_PROGRAM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        EPS_INSIDE: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    # Per-element accumulator, reduced over rows once at the end rather than once per tile.
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # Each program owns a contiguous run of row tiles; tiles past the end are fully masked. The trip
+    # count is a constexpr because the interpreter (with numpy >= 2.4) cannot loop to a runtime bound.
+    first_tile = pid.to(tl.int64) * TILES_PER_PROGRAM
+    for tile in range(0, TILES_PER_PROGRAM):
+        rows = (first_tile + tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(R + rows, mask=row_ok, other=0.0)
+        dw_acc += dy * x * r[:, None]
+        g = dy * w[None, :]
+        c = tl.sum(g * x, axis=1) / n_cols
+        if EPS_INSIDE:
+            coef = r * r * r * c
+        else:
+            rms = tl.sqrt(tl.sum(x * x, axis=1) / n_cols)
+            coef = tl.where(rms > 0.0, r * r * c / tl.where(rms > 0.0, rms, 1.0), 0.0)
+        dx = r[:, None] * g - x * coef[:, None]
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+
+
+def _block_n(n_cols: int) -> int:
+    if n_cols > MAX_ROW_WIDTH:
+        raise ValueError(f"TritonRMSNorm handles rows up to {MAX_ROW_WIDTH} wide, got {n_cols}")
+    return next_pow2(n_cols)
+
+
+def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                    eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
+    """y (x's shape and dtype) and the per-row fp32 r = 1/RMS (shape [rows]) for the backward."""
+    check_float(x, "RMSNorm input")
+    n_cols = x.shape[-1]
+    if weight.shape != (n_cols,):
+        raise ValueError(f"RMSNorm weight has shape {tuple(weight.shape)}, expected ({n_cols},)")
+    x2 = as_rows(x, n_cols)
+    weight = weight.contiguous()
+    n_rows = x2.shape[0]
+    y = output_buffer((n_rows, n_cols), x.dtype, x.device, INTERPRETED)
+    r = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    if n_rows and n_cols:
+        block_n = _block_n(n_cols)
+        block_m = rows_per_tile(block_n, n_rows)
+        _rmsnorm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+            x2, y, weight, r, x2.stride(0), y.stride(0), n_rows, n_cols, float(eps),
+            BLOCK_M=block_m, BLOCK_N=block_n, EPS_INSIDE=eps_placement == "inside",
+            num_warps=num_warps(block_m * block_n))
+    return y.to(x.dtype).view(x.shape), r
+
+
+def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor,
+                     eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx in x's shape and dtype, dw in weight's dtype) from the forward's saved r."""
+    n_cols = x.shape[-1]
+    x2 = as_rows(x, n_cols)
+    dy2 = as_rows(dy, n_cols)
+    n_rows = x2.shape[0]
+    dx = output_buffer((n_rows, n_cols), x.dtype, x.device, INTERPRETED)
+    if not (n_rows and n_cols):
+        return dx.to(x.dtype).view(x.shape), torch.zeros_like(weight)
+    block_n = _block_n(n_cols)
+    block_m = rows_per_tile(block_n, n_rows)
+    n_tiles = triton.cdiv(n_rows, block_m)
+    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
+    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(x.device, n_tiles)))
+    programs = triton.cdiv(n_tiles, tiles_per_program)
+    dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x.device)
+    _rmsnorm_bwd_kernel[(programs,)](
+        dy2, x2, weight, r, dx, dw_partial, dy2.stride(0), x2.stride(0), dx.stride(0), n_rows, n_cols,
+        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n, EPS_INSIDE=eps_placement == "inside",
+        num_warps=num_warps(block_m * block_n))
+    # Second stage of the dw reduction: a fixed-shape sum, so the result is bitwise reproducible.
+    return dx.to(x.dtype).view(x.shape), dw_partial.sum(0).to(weight.dtype)
+
+
+class TritonRMSNormFunction(torch.autograd.Function):
+    """Autograd wrapper: saves x, w and the fp32 per-row r; see the module docstring for the math."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float,
+                eps_placement: str) -> torch.Tensor:
+        # Save the unit-stride row view the kernel reads, so the backward never copies x a second time.
+        x_rows = as_rows(x, x.shape[-1])
+        y, r = rmsnorm_forward(x_rows, weight, eps, eps_placement)
+        ctx.save_for_backward(x_rows, weight, r)
+        ctx.eps_placement = eps_placement
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x_rows, weight, r = ctx.saved_tensors
+        dx, dw = rmsnorm_backward(dy, x_rows, weight, r, ctx.eps_placement)
+        return (dx.view(dy.shape) if ctx.needs_input_grad[0] else None, dw if ctx.needs_input_grad[1] else None,
+                None, None)
+
+
+def triton_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                   eps_placement: str = "inside") -> torch.Tensor:
+    """Functional RMSNorm over the last dimension; differentiable in x and weight."""
+    if eps_placement not in EPS_PLACEMENTS:
+        raise ValueError(f"unknown eps_placement {eps_placement!r}; valid: {', '.join(EPS_PLACEMENTS)}")
+    return TritonRMSNormFunction.apply(x, weight, eps, eps_placement)
+
+
+class TritonRMSNorm(nn.Module):
+    """Drop-in for `torch.nn.RMSNorm(dim, eps)`: same `weight` parameter, so state dicts interchange.
+
+    `eps_placement="inside"` (default) is nn.RMSNorm's y = x / sqrt(mean(x^2) + eps) * w;
+    `"outside"` is the seed project's y = x * w / (sqrt(mean(x^2)) + eps).
+    The output has x's dtype; arithmetic is fp32 inside the kernel for every input dtype.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, eps_placement: str = "inside",
+                 device: "torch.device | str | None" = None, dtype: "torch.dtype | None" = None) -> None:
+        super().__init__()
+        if eps_placement not in EPS_PLACEMENTS:
+            raise ValueError(f"unknown eps_placement {eps_placement!r}; valid: {', '.join(EPS_PLACEMENTS)}")
+        if dim > MAX_ROW_WIDTH:
+            raise ValueError(f"TritonRMSNorm handles rows up to {MAX_ROW_WIDTH} wide, got {dim}")
+        self.normalized_shape = (dim,)
+        self.eps = eps
+        self.eps_placement = eps_placement
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.normalized_shape[0]:
+            raise ValueError(f"TritonRMSNorm({self.normalized_shape[0]}) got input of shape {tuple(x.shape)}")
+        return TritonRMSNormFunction.apply(x, self.weight, self.eps, self.eps_placement)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, eps_placement={self.eps_placement!r}"
