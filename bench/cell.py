@@ -1,0 +1,194 @@
+"""One matrix cell, run in its own process: `python -m bench.cell SPEC.json RESULT.json`.
+
+The child builds the variant, warms up, times the interleaved staged/whole steps, reads memory,
+counts FLOPs on one extra step, and writes its `Result` as JSON to RESULT.json (atomically). Anything
+it can classify itself (unsupported, OOM, a Python error) becomes a row; a crash or a hang leaves no
+file and the parent (`bench.runner`) classifies it from the exit code or the timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import faults
+from bench.environment import device_info, environment, gpu_clocks
+from bench.flops import count_step_flops, peak_entry, throughput
+from bench.memory import (GpuMemoryProbe, SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes,
+                          peak_rss_bytes, rss_bytes)
+from bench.result import Memory, Result, cell_key, stage_flags
+from bench.step import TrainStep
+from bench.timers import TimingSettings, time_stable, warm_up
+from models import Variant, build, example_batch, get_size, supports
+
+MESSAGE_LIMIT = 2000
+
+
+@dataclass
+class CellSpec:
+    """Everything a cell process needs; the parent writes it as JSON."""
+
+    variant: dict[str, Any]
+    size: str
+    batch: int
+    device: str
+    design: str | None = None
+    baseline: bool = False
+    timing: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    seed: int = 0
+    # torch intra-op threads; 0 keeps torch's default. On a shared CPU one thread is far steadier: two
+    # threads on two busy cores spin-wait on each other and samples scatter by 4x.
+    threads: int = 0
+    env_fingerprint: str = ""
+    host_device: dict[str, Any] = field(default_factory=dict)
+    git: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def variant_obj(self) -> Variant:
+        return Variant.from_dict(self.variant)
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.variant_obj.key, self.size, self.batch, torch.device(self.device).type)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "CellSpec":
+        return cls(**json.loads(text))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def base_result(spec: CellSpec, status: str, **extra: Any) -> Result:
+    """A row for `spec` with the identity fields filled in; used by the child and by the parent."""
+    variant = spec.variant_obj
+    settings = dict(spec.timing, timeout_s=spec.timeout_s, seed=spec.seed, threads=spec.threads)
+    return Result(
+        cell_key=spec.key, variant_key=variant.key, variant=variant.as_dict(), size=spec.size,
+        size_config=get_size(spec.size).as_dict(), batch=spec.batch, device=dict(spec.host_device),
+        status=status, design=spec.design, baseline=spec.baseline, precision=variant.precision,
+        settings=settings, git=dict(spec.git), env_fingerprint=spec.env_fingerprint, timestamp=now(), **extra,
+    )
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str]:
+    """(status, message) for an exception raised inside a cell."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+        return "oom", text[:MESSAGE_LIMIT]
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+    return "error", (text + "\n" + tb)[:MESSAGE_LIMIT]
+
+
+def _accounting_step(step: TrainStep) -> tuple[Memory, dict[str, float]]:
+    """One extra, untimed step: bytes saved for backward, FLOPs, and parameter/gradient/optimizer bytes."""
+    from bench.flops import counter
+
+    memory = Memory(param_bytes=param_bytes(step.model))
+    with SavedBytes(step.model.parameters()) as saved, counter() as fwd:
+        loss = step.forward()
+    with counter() as bwd:
+        step.backward(loss)
+    memory.saved_activations_bytes = saved.bytes
+    memory.grad_bytes = grad_bytes(step.model)
+    step.optimizer_step()
+    memory.optimizer_state_bytes = optimizer_state_bytes(step.optimizer)
+    step.zero_grad()
+    forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
+    return memory, {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+def measure(spec: CellSpec) -> Result:
+    """Run the cell in this process and return its row (never raises for a cell-level failure)."""
+    started = time.perf_counter()
+    variant = spec.variant_obj
+    device = torch.device(spec.device)
+    reason = supports(variant, device)
+    if reason:
+        return base_result(spec, "unsupported", reason=reason, wall_s=time.perf_counter() - started)
+    result = base_result(spec, "error")
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    try:
+        result.device.update(device_info(device))
+        result.env = environment(device)
+        result.env["clocks_before"] = gpu_clocks(device)
+        rss_baseline = rss_bytes()
+        torch.manual_seed(spec.seed)
+        model = build(variant, spec.size, device=device)
+        inputs = example_batch(spec.size, batch=spec.batch, device=device, seed=spec.seed)
+        step = TrainStep(model, inputs)
+        faults.inject(variant.key)
+        settings = TimingSettings(**spec.timing)
+        warm_up(step, settings, device)
+        probe = GpuMemoryProbe(device)
+        probe.start()
+        result.timer, result.stages, result.timing_windows = time_stable(step, settings, device)
+        probe.finish(result.memory)
+        result.env["clocks_after"] = gpu_clocks(device)
+        accounting, flops = _accounting_step(step)
+        for f in ("saved_activations_bytes", "param_bytes", "grad_bytes", "optimizer_state_bytes"):
+            setattr(result.memory, f, getattr(accounting, f))
+        result.memory.cpu_rss_baseline_bytes = rss_baseline
+        result.memory.cpu_peak_rss_bytes = peak_rss_bytes()
+        # FlopCounterMode sees nothing inside compiled graphs; a zero count is "unknown", not zero work.
+        result.flops = flops if flops["total"] > 0 else None
+        result.peak = peak_entry(result.device.get("name", ""), variant.precision, device.type)
+        step_median = result.stages["step"].median
+        result.tflops_per_s, result.mfu = throughput(flops["total"] or None, step_median, result.peak)
+        result.flags = stage_flags(result.stages)
+        result.status = "ok"
+    except Exception as exc:  # a cell's failure is data, not a reason to stop
+        result.status, result.message = classify_exception(exc)
+        result.stages = {}
+    result.timestamp = now()
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _die_with_parent() -> None:
+    # If the sweep is killed, its cell must not live on as an orphan holding the GPU (Linux only).
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] in ("-h", "--help"):
+        print("usage: python -m bench.cell SPEC.json RESULT.json  (run by bench.run; see bench/cell.py)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    _die_with_parent()
+    spec = CellSpec.from_json(Path(argv[0]).read_text())
+    result = measure(spec)
+    write_atomic(Path(argv[1]), json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

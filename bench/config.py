@@ -1,0 +1,86 @@
+"""Every command-line flag can also come from a YAML file (`--config FILE`); explicit flags win.
+
+The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`, `only`: a list or
+one string, `matrix: true`) to values. Unknown keys, values of the wrong type and files that are not a
+mapping are rejected before anything runs, with a message naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message says what and where."""
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+
+
+def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:
+    where = f"{source}: key {key!r}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (str, int, float, bool)) for v in values):
+            raise ConfigError(f"{where} must be a string or a list of strings, got {value!r}")
+        return [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where} must be a single value, got {value!r}")
+    if isinstance(value, bool) and action.type is not None:
+        # YAML turns `on`/`off` into booleans; pass them back as the words argparse would see.
+        value = "on" if value else "off"
+    try:
+        converted = action.type(value) if action.type is not None else value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(action.type, '__name__', 'value')} ({exc})")
+    if action.choices is not None and converted not in action.choices:
+        raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(map(str, action.choices))}")
+    return converted
+
+
+def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Parse and validate a YAML config into {dest: value} for `parser.set_defaults`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of flag names to values, got {type(data).__name__}")
+    actions = _actions(parser)
+    out: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in actions:
+            valid = ", ".join(sorted(d.replace("_", "-") for d in actions))
+            raise ConfigError(f"{path}: unknown key {raw_key!r}; valid keys: {valid}")
+        out[key] = _coerce(actions[key], str(raw_key), value, str(path))
+    return out
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse argv, letting `--config FILE` supply defaults that explicit flags override."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            parser.set_defaults(**load_config(known.config, parser))
+        except ConfigError as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)

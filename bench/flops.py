@@ -1,0 +1,98 @@
+"""FLOPs per training step (FlopCounterMode), TFLOP/s and MFU against a per-GPU peak table.
+
+`FlopCounterMode` has no formula for PyTorch's CPU flash-attention kernel or its backward, so CPU SDPA
+attention would count as zero (cpu-facts §4). `register_cpu_flash_formulas()` adds the standard SDPA
+formulas (forward 4·B·H·S_q·S_kv·D, backward 2.5× that) for those two ops; importing this module does it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+aten = torch.ops.aten
+
+
+def register_cpu_flash_formulas() -> None:
+    """Idempotent: a later torch that ships its own formula keeps it."""
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and fwd not in flop_registry and fwd.default not in flop_registry:
+        @register_flop_formula(fwd)
+        def _cpu_flash_fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query, key, value)
+
+    if bwd is not None and bwd not in flop_registry and bwd.default not in flop_registry:
+        @register_flop_formula(bwd)
+        def _cpu_flash_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+register_cpu_flash_formulas()
+
+
+def counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False)
+
+
+def count_step_flops(step) -> dict[str, float]:
+    """Forward and backward FLOPs of one `bench.step.TrainStep` (the optimizer's elementwise work is
+    not counted by FlopCounterMode and is negligible next to the matmuls)."""
+    with counter() as fwd:
+        loss = step.forward()
+    with counter() as bwd:
+        step.backward(loss)
+    forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
+    return {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+# Dense peak TFLOP/s (no sparsity) from NVIDIA's datasheets, by the precision the matmuls run in.
+# Matched by substring of torch.cuda.get_device_name(), first match wins (so PCIe before SXM).
+PEAK_TFLOPS: list[tuple[str, str, dict[str, float]]] = [
+    ("H100 PCIe", "H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100 NVL", "H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100", "H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H200", "H200 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("GH200", "GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("B200", "B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0}),
+    ("A100", "A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", "L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("L4", "L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+]
+
+
+def matmul_precision(precision: str, device_type: str) -> str:
+    """The precision the step's matmuls run in: autocast's dtype, or fp32/tf32 per torch's setting."""
+    if precision in ("fp16", "bf16"):
+        return precision
+    if device_type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "fp32"
+
+
+def peak_entry(device_name: str, precision: str, device_type: str) -> dict[str, Any] | None:
+    """{"entry", "precision", "tflops"} for this GPU and precision, or None (CPUs have no entry)."""
+    if device_type != "cuda":
+        return None
+    mm = matmul_precision(precision, device_type)
+    for needle, entry, table in PEAK_TFLOPS:
+        if needle in device_name and mm in table:
+            return {"entry": entry, "precision": mm, "tflops": table[mm]}
+    return None
+
+
+def throughput(total_flops: float | None, step_seconds: float | None,
+               peak: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(TFLOP/s, MFU); MFU is None without a peak entry."""
+    if not total_flops or not step_seconds:
+        return None, None
+    tflops = total_flops / step_seconds / 1e12
+    return tflops, (tflops / peak["tflops"] if peak else None)
