@@ -42,7 +42,8 @@ def decode(record: dict) -> Sample:
 def write_shard(path: Path, samples: list[Sample]) -> None:
     """Write a whole shard to `path.tmp`, then rename: a shard on disk is always complete."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as stream, wds.TarWriter(stream) as sink:
+    # A fixed mtime makes a rebuilt shard byte-identical to the one it replaces.
+    with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0.0) as sink:
         for sample in samples:
             sink.write(encode(sample))
     os.replace(tmp, path)

@@ -3,8 +3,8 @@
 CT-RATE's metadata CSV lists RescaleSlope/RescaleIntercept for every volume, but some NIfTI files
 are already in HU (the v2 `_fixed` files among them) and others carry the scaling in their header,
 which nibabel applies. Applying the CSV's intercept to such a volume shifts air to about -2000 HU and
-silently ruins it, so the loader looks at the data: air is the most common dense-enough value in any
-chest CT, and it must land near -1000 HU. `rescale="auto"` picks the reading where it does;
+silently ruins it, so the loader looks at the data: in a plausible HU reading of a chest CT some air
+sits near -1000 HU and almost nothing lies below it. `rescale="auto"` picks the plausible reading;
 `"always"` applies the CSV values but refuses when the data are plainly HU already; `"never"`
 trusts the file as HU.
 """
@@ -31,8 +31,22 @@ class RawVolume:
     how: str                              # "csv-rescaled", "header-scaled" or "already-hu"
 
 
-def _air_fraction(values: np.ndarray) -> float:
-    return float(np.mean((values >= _AIR[0]) & (values <= _AIR[1])))
+def _plausible_hu(values: np.ndarray) -> bool:
+    """Does this reading look like chest CT in HU: air near -1000 present, almost nothing below it?
+
+    Already-HU data rescaled again puts air near -2000; raw stored values read as HU have no air
+    near -1000 at all (it sits near +24). A constant fill below -1100 (outside the scanner's circular
+    field of view) is ignored.
+    """
+    values = values.ravel()
+    lo = values.min()
+    fill = values == lo
+    if lo < _AIR[0] and fill.mean() > 0.01:
+        values = values[~fill]
+    if values.size == 0:
+        return False
+    air = np.mean((values >= _AIR[0]) & (values <= _AIR[1]))
+    return bool(air >= _MIN_AIR_FRACTION and np.mean(values < -1200.0) < 0.02)
 
 
 def read_volume(path: "str | Path", slope: float | None, intercept: float | None, rescale: str = "auto") -> RawVolume:
@@ -59,25 +73,24 @@ def read_volume(path: "str | Path", slope: float | None, intercept: float | None
     if header_scaled:
         data *= np.float32(hdr_slope)
         data += np.float32(hdr_inter)
-    sample = data[::4, ::4, ::4]
-    as_is = _air_fraction(sample)
+    sample = data[::2, ::2, ::2]
     have_csv = slope is not None and intercept is not None and np.isfinite(slope) and np.isfinite(intercept)
-    rescaled = _air_fraction(sample * np.float32(slope) + np.float32(intercept)) if have_csv else 0.0
-    looks_hu = as_is >= _MIN_AIR_FRACTION and as_is >= rescaled
+    looks_hu = _plausible_hu(sample)
+    rescaled_ok = have_csv and _plausible_hu(sample * np.float32(slope) + np.float32(intercept))
 
-    if rescale == "never" or (rescale == "auto" and (looks_hu or not have_csv)):
+    if rescale == "never" or (rescale == "auto" and (looks_hu or not rescaled_ok)):
         if rescale == "auto" and not looks_hu and not header_scaled:
-            raise DataError(path, "volume does not look like HU (too little air near -1000) and the metadata CSV "
-                            "has no RescaleSlope/RescaleIntercept for it", "add them, or pass --rescale never")
+            raise DataError(path, "neither the stored values nor the metadata CSV's RescaleSlope/RescaleIntercept "
+                            "put air near -1000 HU", "check the CSV values, or pass --rescale never")
         how = "header-scaled" if header_scaled else "already-hu"
     else:
         if not have_csv:
             raise DataError(path, "--rescale always needs RescaleSlope/RescaleIntercept in the metadata CSV")
-        if looks_hu:
+        if looks_hu and not rescaled_ok:
             raise DataError(path, "volume is already in HU (air near -1000 as stored); refusing to apply "
                             f"slope {slope} / intercept {intercept} a second time",
                             "use --rescale auto (default) or never")
-        if rescaled < _MIN_AIR_FRACTION:
+        if not rescaled_ok:
             raise DataError(path, "neither the stored values nor slope/intercept put air near -1000 HU",
                             "check RescaleSlope/RescaleIntercept in the metadata CSV")
         data *= np.float32(slope)
