@@ -1,0 +1,43 @@
+"""Optimiser and learning-rate schedule of CTCLIP_MODERN's recipe (reference §5).
+
+AdamW with weight decay only on parameters with ndim >= 2 (matrices, convolution kernels, embeddings);
+biases, norm gains, the temperature and the SigLIP bias are not decayed, because shrinking a gain or the
+logit scale towards zero is not regularisation. The schedule is a linear warm-up then a cosine down to
+`min_lr_ratio` of the peak, stepped every optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01,
+                    betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01) -> float:
+    """Multiplier of the peak LR at optimiser step `step` (0-based)."""
+    if step < warmup_steps:
+        # (step + 1): the very first step already moves, instead of spending it at LR 0.
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    min_lr_ratio: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, min_lr_ratio))
