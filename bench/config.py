@@ -1,7 +1,8 @@
 """Every command-line flag can also come from a YAML file (`--config FILE`); explicit flags win.
 
-The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`, `only`: a list or
-one string, `matrix: true`) to values. Unknown keys, values of the wrong type and files that are not a
+The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`, `matrix: true`)
+to values. Repeatable flags take one string, a list of strings, or for `only`/`exclude` a mapping
+`{attention: [math, sdpa], vq: off}`. Beware YAML flow lists: `[attention=math,sdpa]` is two items. Unknown keys, values of the wrong type and files that are not a
 mapping are rejected before anything runs, with a message naming the key and the file.
 """
 
@@ -22,6 +23,13 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
 
 
+def _word(value: Any) -> str:
+    # YAML reads on/off/yes/no as booleans; the axes spell them on/off.
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:
     where = f"{source}: key {key!r}"
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
@@ -29,10 +37,18 @@ def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if isinstance(action, argparse._AppendAction):
+        if isinstance(value, dict):  # `only: {attention: [math, sdpa]}` -> ["attention=math,sdpa"]
+            values = []
+            for axis, vals in value.items():
+                vals = vals if isinstance(vals, list) else [vals]
+                if not all(isinstance(v, (str, int, float, bool)) for v in vals):
+                    raise ConfigError(f"{where}: values of {axis!r} must be strings, got {vals!r}")
+                values.append(f"{axis}=" + ",".join(_word(v) for v in vals))
+            return values
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise ConfigError(f"{where} must be a string or a list of strings, got {value!r}")
-        return [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+        return [_word(v) for v in values]
     if value is None:
         return None
     if isinstance(value, (dict, list)):

@@ -89,6 +89,7 @@ def write_csv(path: Path, results: Iterable[Result]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)

@@ -1,0 +1,207 @@
+"""`python -m bench.estimate --size paper --design paper`: memory and FLOPs without the hardware.
+
+Each variant is built **and** stepped inside one `FakeTensorMode` (tensors carry shapes, dtypes and
+devices but no data), so a 240x480x480 batch costs seconds on a CPU. The meta device would not do:
+on meta, SDPA falls back to the math kernel and over-counts activations (cpu-facts §4); and the text
+tower (a transformers BertModel) must be created inside the same mode or its mask code mixes real
+and fake tensors. Per variant it records
+
+    params + grads + optimizer state   (after one AdamW step)
+    saved activations                  (saved_tensors_hooks, deduplicated by storage, params excluded)
+    largest transient                  (the largest single op output during the step)
+    predicted peak = the sum of the above
+    FLOPs forward / backward           (FlopCounterMode with the CPU flash formulas)
+
+as rows of the result schema with kind="estimate". Fake tensors are CPU tensors, so kernel choice is
+the CPU build's (SDPA -> CPU flash; fake CUDA tensors abort the process on a CPU build): CUDA-only
+variants are recorded unsupported here too. When a GPU measurement of the same cell exists, reports
+show predicted against measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from bench import store
+from bench.cell import CellSpec, base_result, classify_exception
+from bench.config import parse_with_config
+from bench.design import DESIGNS, expand
+from bench.environment import environment, fingerprint, git_info, host_device_info
+from bench.flops import counter
+from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
+from bench.result import Result
+from bench.step import TrainStep
+from bench.table import render
+from models import SIZES, Size, Variant, build, example_batch, get_size, supports
+
+
+class LargestOutput(TorchDispatchMode):
+    """Tracks the largest fresh allocation one op makes (outputs that are not views of an input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+        self.op = ""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        fresh = {}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
+                fresh[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        total = sum(fresh.values())
+        if total > self.largest:
+            self.largest, self.op = total, str(func)
+        return out
+
+
+@contextlib.contextmanager
+def _to_cpu_is_identity():
+    """Make `Module.to("cpu")` a no-op while building under FakeTensorMode.
+
+    `models.build` ends with `model.to(device)`. Fake parameters are already CPU tensors, but in torch
+    2.13 `.to()` on a fake module tries to swap every parameter and fails ("Cannot swap t1 because it
+    has weakref associated with it"). Moving CPU tensors to the CPU is the identity, so skip it.
+    """
+    original = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        targets = list(args) + list(kwargs.values())
+        if targets and all(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets):
+            return self
+        return original(self, *args, **kwargs)
+
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
+
+
+def fake_inputs(mode, size: Size, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Volumes made directly as fakes (no 0.9 GB real batch); token ids and mask from the real
+    `example_batch` on a one-patch volume, converted into the mode (they are a few KiB)."""
+    tiny_volume = size.replace(depth=size.temporal_patch_size, image_size=size.patch_size)
+    _, ids, mask = example_batch(tiny_volume, batch=batch)
+    with mode:
+        volumes = torch.empty(batch, *size.volume_shape)
+    return volumes, mode.from_tensor(ids), mode.from_tensor(mask)
+
+
+def estimate_variant(variant: Variant, size: Size, batch: int) -> dict[str, Any]:
+    """Memory (bytes) and FLOPs of one training step of `variant`, computed on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    with mode, _to_cpu_is_identity():
+        model = build(variant, size, device="cpu")
+    volumes, ids, mask = fake_inputs(mode, size, batch)
+    with mode:
+        step = TrainStep(model, (volumes, ids, mask))
+        largest = LargestOutput()
+        with largest:
+            with SavedBytes(model.parameters()) as saved, counter() as fwd:
+                loss = step.forward()
+            with counter() as bwd:
+                step.backward(loss)
+            grads = grad_bytes(model)
+            step.optimizer_step()
+        memory = {
+            "param_bytes": param_bytes(model), "grad_bytes": grads,
+            "optimizer_state_bytes": optimizer_state_bytes(step.optimizer),
+            "saved_activations_bytes": saved.bytes, "largest_transient_bytes": largest.largest,
+        }
+    memory["predicted_peak_bytes"] = sum(memory.values())
+    forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
+    return {"memory": memory, "flops": {"forward": forward, "backward": backward, "total": forward + backward},
+            "largest_op": largest.op}
+
+
+def estimate_cell(spec: CellSpec) -> Result:
+    started = time.perf_counter()
+    variant = spec.variant_obj
+    result = base_result(spec, "error", kind="estimate")
+    result.cell_key = result.cell_key.replace("|measured", "|estimate")
+    reason = supports(variant, spec.device)
+    if reason:
+        result.status, result.reason = "unsupported", reason
+    else:
+        try:
+            out = estimate_variant(variant, get_size(spec.size), spec.batch)
+            for key, value in out["memory"].items():
+                setattr(result.memory, key, value)
+            result.flops = out["flops"]
+            result.message = f"FakeTensorMode on the CPU build; largest transient from {out['largest_op']}"
+            result.status = "ok"
+        except Exception as exc:
+            result.status, result.message = classify_exception(exc)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.estimate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
+    p.add_argument("--design", choices=DESIGNS, default="paper")
+    p.add_argument("--size", choices=list(SIZES), default="paper")
+    p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2")
+    p.add_argument("--exclude", action="append", default=[], metavar="AXIS=V")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the size preset's)")
+    p.add_argument("--out", default="results", help="directory for result files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    try:
+        size = get_size(args.size)
+        cells = expand(args.design, args.only, args.exclude, args.precision)
+    except ValueError as exc:
+        parser.error(str(exc))
+    batch = args.batch or size.batch
+    device = torch.device("cpu")
+    host, git = host_device_info(device), git_info()
+    host = dict(host, type="cpu", name=f"FakeTensorMode ({host['name']})")
+    fp = fingerprint(host, environment(device), git)
+    path = Path(args.out) / f"estimate-{size.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.jsonl"
+    print(f"bench.estimate: design {args.design}, {len(cells)} cells, size {size.name}, batch {batch}",
+          file=sys.stderr)
+    rows = []
+    for cell in cells:
+        spec = CellSpec(variant=cell.variant.as_dict(), size=size.name, batch=batch, device="cpu",
+                        design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host, git=git)
+        result = estimate_cell(spec)
+        result.env = environment(device)
+        store.append(path, result)
+        rows.append(result)
+        print(f"  {cell.key}: {result.status} in {result.wall_s:.1f} s", file=sys.stderr)
+    store.write_csv(path.with_suffix(".csv"), rows)
+    print(render(rows))
+    gib = 2**30
+    for r in rows:
+        if r.status == "ok":
+            m = r.memory
+            print(f"{r.variant_key}: saved activations {m.saved_activations_bytes / gib:.2f} GiB, "
+                  f"predicted peak {m.predicted_peak_bytes / gib:.2f} GiB, "
+                  f"FLOPs/step {r.flops['total'] / 1e12:.2f} TFLOP (fwd {r.flops['forward'] / 1e12:.2f}, "
+                  f"bwd {r.flops['backward'] / 1e12:.2f})")
+    print(f"results: {path}\ncsv:     {path.with_suffix('.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

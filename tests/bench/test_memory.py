@@ -1,0 +1,37 @@
+"""Saved-for-backward and optimizer-state accounting against hand-computed byte counts."""
+
+import torch
+from torch import nn
+
+from bench.memory import GpuMemoryProbe, SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
+from bench.result import Memory
+
+
+def test_saved_bytes_counts_storage_once_and_skips_parameters():
+    lin = nn.Linear(8, 4, bias=False)
+    x = torch.randn(16, 8, requires_grad=True)
+    with SavedBytes(lin.parameters()) as saved:
+        y = lin(x)          # saves x (16*8*4 bytes) and the weight (excluded)
+        z = x.sin()         # saves x again: same storage, counted once
+        w = y.exp()         # saves its output (16*4*4 bytes)
+    assert saved.bytes == 16 * 8 * 4 + 16 * 4 * 4
+    (w.sum() + z.sum()).backward()
+
+
+def test_param_grad_and_adamw_state_bytes():
+    model = nn.Sequential(nn.Linear(10, 20), nn.Linear(20, 3))
+    n = 10 * 20 + 20 + 20 * 3 + 3
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 10)).sum().backward()
+    opt.step()
+    assert param_bytes(model) == n * 4 and grad_bytes(model) == n * 4
+    # exp_avg and exp_avg_sq per parameter, plus a 4-byte float32 step counter per parameter tensor.
+    assert optimizer_state_bytes(opt) == 2 * n * 4 + 4 * 4
+
+
+def test_gpu_probe_records_nothing_on_cpu():
+    probe = GpuMemoryProbe(torch.device("cpu"))
+    probe.start()
+    memory = Memory()
+    probe.finish(memory)
+    assert memory.gpu_allocated_peak_bytes is None and memory.nvml_used_after_bytes is None
