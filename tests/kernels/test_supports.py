@@ -1,0 +1,63 @@
+"""kernels.supports() and the lazy package: each runs in a fresh interpreter, because whether Triton is
+importable and whether TRITON_INTERPRET was set are decided once per process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import kernels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def python(code: str, interpret: "str | None") -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the same answers on a GPU machine
+    if interpret is not None:
+        env["TRITON_INTERPRET"] = interpret
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_reasons_for_devices_that_cannot_run():
+    assert "not on meta" in kernels.supports("meta")
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in kernels.supports("cuda")
+
+
+def test_cpu_needs_the_interpreter_before_the_kernels_are_defined():
+    reason = python("import kernels; print(kernels.supports('cpu'))", interpret=None)
+    assert "TRITON_INTERPRET=1" in reason and "CUDA GPU" in reason
+    assert python("import kernels; print(kernels.supports('cpu'))", interpret="1") == "None"
+    # Kernels defined without the interpreter stay compiled-only, even if the variable is set later.
+    late = python("import os, kernels; kernels.TritonRMSNorm; os.environ['TRITON_INTERPRET'] = '1'; "
+                  "print(kernels.supports('cpu'))", interpret=None)
+    assert "defined without TRITON_INTERPRET=1" in late
+
+
+def test_interpreted_kernels_run_on_cpu_in_a_fresh_process():
+    out = python("import torch, kernels; x = torch.randn(3, 8, requires_grad=True); "
+                 "y = kernels.TritonRMSNorm(8)(x); y.sum().backward(); "
+                 "print(kernels.supports('cpu'), tuple(x.grad.shape))", interpret="1")
+    assert out == "None (3, 8)"
+
+
+def test_importing_kernels_without_triton_gives_a_reason_not_an_error():
+    # sys.modules[name] = None makes `import name` fail as if the package were not installed.
+    code = ("import sys; sys.modules['triton'] = None; import kernels; print(kernels.supports('cpu')); "
+            "print('triton' in sys.modules and sys.modules['triton'] is not None)")
+    reason, triton_loaded = python(code, interpret="1").splitlines()
+    assert "Triton is not installed" in reason and triton_loaded == "False"
+
+
+def test_importing_kernels_does_not_import_triton_or_other_packages():
+    loaded = python("import sys; import kernels; "
+                    "print(sorted(m for m in ('triton', 'models', 'bench') if m in sys.modules))", interpret="1")
+    assert loaded == "[]"
