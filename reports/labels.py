@@ -1,0 +1,73 @@
+"""Human names for variants, statuses and changes: the words that appear in table cells.
+
+The seed paper names a row by its architecture ("SA + GEGLU + LN") and loss ("SigLIP"). Axes the seed
+did not vary are appended only when they differ from CT-CLIP's own choice, so two rows never share a
+name unless they are the same variant.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+ATTENTION = {"math": "SA", "sdpa": "SDPA", "sdpa_flash": "FA (SDPA)", "sdpa_efficient": "ME (SDPA)",
+             "sdpa_cudnn": "cuDNN (SDPA)", "flex": "Flex", "flash_attn": "FA2", "xformers": "xFormers"}
+MLP = {"geglu": "GEGLU", "swiglu": "SwiGLU", "swiglu_triton": "SwiGLU (Triton)", "geglu_triton": "GEGLU (Triton)"}
+NORM = {"layernorm": "LN", "rmsnorm": "RMSNorm", "rmsnorm_triton": "RMSNorm (Triton)"}
+LOSS = {"softmax": "Softmax", "siglip": "SigLIP"}
+# CT-CLIP's own value of each axis outside the seed's three; a differing value is named after the arch.
+FAITHFUL_OTHER = {"position": "cpb", "text": "bert-base", "vq": True, "peg_layout": "upstream",
+                  "checkpointing": False, "compile": False}
+_OTHER_NAMES = {"position": "pos", "text": "text", "vq": "VQ", "peg_layout": "PEG", "checkpointing": "ckpt",
+                "compile": "compile"}
+STATUS = {"ok": "ok", "oom": "OOM", "unsupported": "unsupported", "error": "error", "timeout": "timeout",
+          "diverged": "diverged"}
+
+
+def _value(value: Any) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def architecture(variant: dict[str, Any]) -> str:
+    """'SA + GEGLU + LN', then any other non-faithful axis: 'FA (SDPA) + SwiGLU + RMSNorm, pos=none'."""
+    parts = [ATTENTION.get(variant.get("attention", "math"), str(variant.get("attention"))),
+             MLP.get(variant.get("mlp", "geglu"), str(variant.get("mlp"))),
+             NORM.get(variant.get("norm", "layernorm"), str(variant.get("norm")))]
+    extra = [f"{_OTHER_NAMES[a]}={_value(variant[a])}" for a, v in FAITHFUL_OTHER.items()
+             if a in variant and variant[a] != v]
+    return " + ".join(parts) + (", " + ", ".join(extra) if extra else "")
+
+
+def loss(variant: dict[str, Any]) -> str:
+    return LOSS.get(variant.get("loss", "softmax"), str(variant.get("loss")))
+
+
+def changed(variant: dict[str, Any], base: dict[str, Any]) -> str:
+    """The switches that turn `base` into `variant`: 'attention: math → sdpa_flash'; '' when equal."""
+    diffs = [f"{axis}: {_value(base.get(axis))} → {_value(value)}" for axis, value in variant.items()
+             if base.get(axis) != value]
+    return "; ".join(diffs)
+
+
+def status(code: str) -> str:
+    return STATUS.get(code, code)
+
+
+def first_line(text: str | None, limit: int = 90) -> str:
+    line = (text or "").strip().split("\n")[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def note(status_code: str, reason: str | None, message: str | None, flags: list[str] | None = None) -> str:
+    """Why a cell did not run (the backend's reason or the error's first line), or its warning flags."""
+    if status_code == "unsupported":
+        return first_line(reason or message)
+    if status_code != "ok":
+        return first_line(message or reason)
+    return ", ".join(flags or [])
+
+
+def slug(*parts: Any) -> str:
+    """A file-name-safe name: 'cpu-tiny-b2', 'nvidia-h100-80gb-hbm3-paper-b4'."""
+    text = "-".join(str(p) for p in parts if p not in (None, ""))
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "results"
