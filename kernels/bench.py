@@ -123,7 +123,11 @@ def build(kernel: str, provider: str, width: int) -> "tuple[nn.Module, str]":
     if provider == "eager":
         return eager_module(kernel, width), ""
     if provider == "compile":
-        return torch.compile(eager_module(kernel, width), dynamic=False), "torch.compile(eager), dynamic=False"
+        # Every case compiles the same forward code object; without a reset, dynamo's recompile limit (8)
+        # would silently fall back to eager after a few dtypes x shapes.
+        torch._dynamo.reset()
+        return (torch.compile(eager_module(kernel, width), dynamic=False),
+                "torch.compile(eager), dynamic=False, donated_buffer=False")
     if provider == "triton":
         from kernels import TritonGEGLU, TritonRMSNorm, TritonSwiGLU
 
@@ -173,6 +177,19 @@ def _timed_fn(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, mode: str) -
 def measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, device: torch.device,
             copy_gbps: float) -> list[dict]:
     """One row per mode for (case, provider); a provider that cannot run gives rows with its reason."""
+    if provider == "compile":
+        # A compiled backward that donates its saved buffers refuses retain_graph, which the timed
+        # backward-only pass needs; compiling happens lazily inside, so the switch covers it.
+        from torch._functorch import config as functorch_config
+
+        if hasattr(functorch_config, "donated_buffer"):
+            with functorch_config.patch(donated_buffer=False):
+                return _measure(case, provider, modes, timer, device, copy_gbps)
+    return _measure(case, provider, modes, timer, device, copy_gbps)
+
+
+def _measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, device: torch.device,
+             copy_gbps: float) -> list[dict]:
     base = {**asdict(case), "provider": provider, "input_shape": "x".join(map(str, case.input_shape))}
     try:
         module, note = build(case.kernel, provider, case.width)

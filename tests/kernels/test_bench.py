@@ -101,3 +101,18 @@ def test_pipeline_with_a_stand_in_timer(tmp_path):
     assert len(table) == len(rows) and tuple(table[0]) == bench.COLUMNS
     saved = json.loads(json_path.read_text())
     assert saved["environment"]["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)
+
+
+@pytest.mark.slow
+def test_compiled_provider_times_backward_with_a_retained_graph():
+    # The backward-only pass reuses one graph; a compiled RMSNorm backward with donated buffers would
+    # refuse that (found on CPU inductor, which shares the autograd machinery with the GPU path).
+    def timer(fn, grad_to_none):
+        for _ in range(2):
+            fn()
+        return [1.0]
+
+    rows = bench.measure(bench.Case("rmsnorm", "fp32", 8, 32), "compile", bench.MODES, timer,
+                         torch.device("cpu"), copy_gbps=1.0)
+    assert [r["status"] for r in rows] == ["ok"] * 3, rows
+    assert rows[0]["err_out"] < 1e-5 and rows[0]["err_dx"] < 1e-5
