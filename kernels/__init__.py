@@ -48,7 +48,8 @@ def supports(device: "torch.device | str" = "cpu") -> "str | None":
             return "device is cuda but no CUDA GPU is available"
         index = device.index if device.index is not None else torch.cuda.current_device()
         if torch.version.hip is None and torch.cuda.get_device_capability(index) < (7, 0):
-            return f"Triton needs compute capability >= 7.0 (as torch.compile's check); {torch.cuda.get_device_name(index)} is older"
+            name = torch.cuda.get_device_name(index)
+            return f"Triton needs compute capability >= 7.0 (as torch.compile checks); {name} is older"
         return None
     if device.type == "cpu":
         loaded = [sys.modules[name] for name in _KERNEL_MODULES if name in sys.modules]

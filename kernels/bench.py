@@ -39,7 +39,8 @@ KERNELS = ("rmsnorm", "swiglu", "geglu")
 PROVIDERS = ("triton", "eager", "compile", "liger")
 MODES = ("fwd", "bwd", "full")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-NO_GPU = "kernels.bench: no CUDA GPU here, so GPU kernels cannot be timed (triton's do_bench needs one); nothing was timed."
+NO_GPU = ("kernels.bench: no CUDA GPU here, so GPU kernels cannot be timed (triton's do_bench needs one); "
+          "nothing was timed.")
 
 # (fn, grad_to_none) -> per-sample milliseconds.
 Timer = Callable[[Callable[[], object], list], list]
@@ -203,7 +204,8 @@ def _measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, 
         setup_s = time.perf_counter() - started
     except Exception as err:  # noqa: BLE001 - one provider failing must not lose the others
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-        status = "unsupported" if isinstance(err, ImportError) else "error"
+        status = ("unsupported" if isinstance(err, ImportError)
+                  else "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error")
         return [{**base, "mode": mode, "status": status, "note": reason} for mode in modes]
     rows = []
     params = [x, *module.parameters()]
@@ -213,7 +215,9 @@ def _measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, 
         try:
             samples = timer(_timed_fn(module, x, dy, mode), params)
         except Exception as err:  # noqa: BLE001
-            rows.append({**row, "status": "error", "note": f"{type(err).__name__}: {err}".splitlines()[0][:300]})
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
+            rows.append({**row, "status": status, "note": reason})
             continue
         ms = statistics.median(samples)
         gbps = case.bytes_moved(mode) / (ms * 1e-3) / 1e9
@@ -280,7 +284,8 @@ def run(cases: list, providers: "tuple[str, ...]", modes: "tuple[str, ...]", tim
             started = time.perf_counter()
             new = measure(case, provider, modes, timer, device, copy_gbps)
             rows.extend(new)
-            log(f"[{i}/{len(cases)}] {case.kernel:7s} {case.dtype} {'x'.join(map(str, case.input_shape)):>11s} "
+            shape = "x".join(map(str, case.input_shape))
+            log(f"[{i}/{len(cases)}] {case.kernel:7s} {case.dtype} {shape:>11s} "
                 f"{provider:8s} {_summary(new)}  ({time.perf_counter() - started:.1f} s)")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -298,11 +303,13 @@ def _summary(rows: list[dict]) -> str:
 def table(rows: list[dict]) -> str:
     """Markdown: one line per (case, provider), median ms and % of copy bandwidth per mode."""
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
-    lines = ["| kernel | dtype | input | provider | " + " | ".join(f"{m} ms (% copy BW)" for m in modes) + " |",
+    header = " | ".join(f"{m} ms (% copy BW)" for m in modes)
+    lines = [f"| kernel | dtype | input | provider | {header} |",
              "|---" * (4 + len(modes)) + "|"]
     by_key: dict = {}
     for row in rows:
-        by_key.setdefault((row["kernel"], row["dtype"], row["input_shape"], row["provider"]), {})[row["mode"]] = row
+        key = (row["kernel"], row["dtype"], row["input_shape"], row["provider"])
+        by_key.setdefault(key, {})[row["mode"]] = row
     for (kernel, dtype, shape, provider), per_mode in by_key.items():
         cells = []
         for mode in modes:
@@ -361,6 +368,7 @@ def main(argv: "list[str] | None" = None) -> int:
     if reason := supports(device):
         print(f"kernels.bench: the Triton kernels cannot run here: {reason}")
         return 1
+    started = time.perf_counter()
     timer = do_bench_timer(args.warmup_ms, args.rep_ms)
     copy_gbps = copy_bandwidth_gbps(timer, device)
     env = environment(device, copy_gbps)
@@ -369,7 +377,7 @@ def main(argv: "list[str] | None" = None) -> int:
     rows = run(cases_for(args), tuple(args.providers), tuple(args.modes), timer, device, copy_gbps)
     print(table(rows))
     csv_path, json_path = write(rows, env, args.out)
-    print(f"wrote {csv_path} and {json_path}")
+    print(f"wrote {csv_path} and {json_path} ({time.perf_counter() - started:.0f} s in all)")
     return 0
 
 

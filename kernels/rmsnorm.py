@@ -126,6 +126,7 @@ def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r:
     n_cols = x.shape[-1]
     x2 = as_rows(x, n_cols)
     dy2 = as_rows(dy, n_cols)
+    weight = weight.contiguous()
     n_rows = x2.shape[0]
     dx = output_buffer((n_rows, n_cols), x.dtype, x.device, INTERPRETED)
     if not (n_rows and n_cols):
@@ -139,7 +140,8 @@ def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r:
     dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x.device)
     _rmsnorm_bwd_kernel[(programs,)](
         dy2, x2, weight, r, dx, dw_partial, dy2.stride(0), x2.stride(0), dx.stride(0), n_rows, n_cols,
-        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n, EPS_INSIDE=eps_placement == "inside",
+        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n,
+        EPS_INSIDE=eps_placement == "inside",
         num_warps=num_warps(block_m * block_n))
     # Second stage of the dw reduction: a fixed-shape sum, so the result is bitwise reproducible.
     return dx.to(x.dtype).view(x.shape), dw_partial.sum(0).to(weight.dtype)
@@ -162,8 +164,8 @@ class TritonRMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         x_rows, weight, r = ctx.saved_tensors
         dx, dw = rmsnorm_backward(dy, x_rows, weight, r, ctx.eps_placement)
-        return (dx.view(dy.shape) if ctx.needs_input_grad[0] else None, dw if ctx.needs_input_grad[1] else None,
-                None, None)
+        dx = dx.view(dy.shape) if ctx.needs_input_grad[0] else None
+        return dx, (dw if ctx.needs_input_grad[1] else None), None, None
 
 
 def triton_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,

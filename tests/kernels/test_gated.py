@@ -113,7 +113,8 @@ def test_gradients_accumulate_when_used_twice(kind):
     xr = x.double().requires_grad_(True)
     # The same input through the module twice in one graph, once via a second, wider projection.
     (act(xk) * dout + act(torch.cat([act(xk), act(xk)], -1) * 2.0)).sum().backward()
-    (reference(xr) * dout.double() + reference(torch.cat([reference(xr), reference(xr)], -1) * 2.0)).sum().backward()
+    wider = torch.cat([reference(xr), reference(xr)], -1) * 2.0
+    (reference(xr) * dout.double() + reference(wider)).sum().backward()
     torch.testing.assert_close(xk.grad.double(), xr.grad, rtol=1e-4, atol=1e-5)
 
 

@@ -44,4 +44,5 @@ def test_triton_switches_match_pytorch_switches(mlp, module):
     # is set by the largest gradient anywhere, not by each tensor's own.
     scale = max(g.abs().max().item() for g in grads_ref.values())
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-3, atol=2e-5 * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-3, atol=2e-5 * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")

@@ -166,7 +166,8 @@ def test_module_interchanges_state_dict_with_nn_rmsnorm():
     triton_norm.load_state_dict(torch_norm.state_dict())
     torch_norm.load_state_dict(triton_norm.state_dict())
     x = torch.randn(3, 64)
-    torch.testing.assert_close(triton_norm.to(DEVICE)(x.to(DEVICE)).cpu(), torch_norm(x), rtol=1e-5, atol=1e-6)
+    y = triton_norm.to(DEVICE)(x.to(DEVICE)).cpu()
+    torch.testing.assert_close(y, torch_norm(x), rtol=1e-5, atol=1e-6)
     assert "eps_placement='inside'" in repr(triton_norm)
 
 

@@ -58,6 +58,6 @@ def test_importing_kernels_without_triton_gives_a_reason_not_an_error():
 
 
 def test_importing_kernels_does_not_import_triton_or_other_packages():
-    loaded = python("import sys; import kernels; "
-                    "print(sorted(m for m in ('triton', 'models', 'bench') if m in sys.modules))", interpret="1")
+    code = "import sys, kernels; print(sorted(m for m in ('triton', 'models', 'bench') if m in sys.modules))"
+    loaded = python(code, interpret="1")
     assert loaded == "[]"
