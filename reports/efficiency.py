@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from reports import labels, schema
 from reports.load import EffRow, latest
-from reports.table import Column, Context, Table, uniform
+from reports.table import Column, Context, Table, decimals, uniform
 
 GIB = schema.GIB
 STAGE_HEADERS = {"vision_forward": "visual enc fwd", "backward": "backward", "step": "total step",
@@ -81,7 +81,8 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def _with_change(header: str, values: list[float | None], base_index: int | None, best: str | None,
-                 fmt: str = "{:.2f}", csv_header: str | None = None) -> Column:
+                 at_least: int = 2, csv_header: str | None = None) -> Column:
+    fmt = decimals(values, at_least)
     base = values[base_index] if base_index is not None else None
     change = [None if i == base_index else _ratio(v, base) for i, v in enumerate(values)]
     return Column(header, values, fmt=fmt, best=best, change=change, csv_header=csv_header)
@@ -117,10 +118,10 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
         cols.append(Column("precision", [r.precision for r in rows]))
     cols.append(Column("status", [labels.status(r.status) for r in rows]))
     for m in mem:
-        cols.append(_with_change(m.header, [_gib(m.get(r)) for r in rows], bi, "min", fmt="{:.3f}"))
+        cols.append(_with_change(m.header, [_gib(m.get(r)) for r in rows], bi, "min", at_least=3))
     for stage in STAGE_ORDER:
         cols.append(_with_change(f"{STAGE_HEADERS[stage]} (ms)", [_stage_ms(r, stage) for r in rows], bi, "min"))
-    cols.append(_with_change("TFLOP/s", [r.tflops_per_s for r in rows], bi, "max", fmt="{:.3f}"))
+    cols.append(_with_change("TFLOP/s", [r.tflops_per_s for r in rows], bi, "max", at_least=3))
     cols.append(_with_change("MFU (%)", [r.mfu * 100 if r.mfu is not None else None for r in rows], bi, "max"))
     if "per row" in ctx.steps:
         cols.append(Column("timed steps", [r.stages["step"].n if "step" in r.stages else None for r in rows],
@@ -175,7 +176,7 @@ def switch_table(rows: list[EffRow], design: str, group_slug: str) -> Table | No
              else labels.changed(r.variant, base_variant) for r in rows]
     cols = [Column("switch" if design == "ofat" else "reverted switch", names),
             Column("status", [labels.status(r.status) for r in rows]),
-            _with_change(mem.header, [_gib(mem.get(r)) for r in rows], bi, "min", fmt="{:.3f}"),
+            _with_change(mem.header, [_gib(mem.get(r)) for r in rows], bi, "min", at_least=3),
             _with_change("total step (ms)", [_stage_ms(r, "step") for r in rows], bi, "min"),
             Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows])]
     cols += _csv_only(rows)
@@ -220,14 +221,14 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
     cols += [
         Column("estimate status", [labels.status(e.status) for e, _ in pairs]),
         Column("measured status", [labels.status(m.status) if m else "not measured" for _, m in pairs]),
-        Column("predicted peak (GiB)", pred, fmt="{:.3f}"),
-        Column("measured peak (GiB)", meas, fmt="{:.3f}"),
+        Column("predicted peak (GiB)", pred, fmt=decimals(pred + meas, 3)),
+        Column("measured peak (GiB)", meas, fmt=decimals(pred + meas, 3)),
         Column("measured / predicted peak (×)", [ratio(a, b) for a, b in zip(meas, pred)]),
-        Column("saved act. predicted (GiB)", saved_p, fmt="{:.3f}"),
-        Column("saved act. measured (GiB)", saved_m, fmt="{:.3f}"),
+        Column("saved act. predicted (GiB)", saved_p, fmt=decimals(saved_p + saved_m, 3)),
+        Column("saved act. measured (GiB)", saved_m, fmt=decimals(saved_p + saved_m, 3)),
         Column("saved act. measured / predicted (×)", [ratio(a, b) for a, b in zip(saved_m, saved_p)]),
-        Column("FLOPs predicted (GFLOP/step)", flops_p),
-        Column("FLOPs measured (GFLOP/step)", flops_m),
+        Column("FLOPs predicted (GFLOP/step)", flops_p, fmt=decimals(flops_p + flops_m)),
+        Column("FLOPs measured (GFLOP/step)", flops_m, fmt=decimals(flops_p + flops_m)),
         Column("FLOPs measured / predicted (×)", [ratio(a, b) for a, b in zip(flops_m, flops_p)]),
         Column("notes", [labels.note(e.status, e.reason, e.message if e.status != "ok" else None)
                          or (labels.note(m.status, m.reason, m.message) if m else "") for e, m in pairs]),

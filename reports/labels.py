@@ -64,7 +64,10 @@ def note(status_code: str, reason: str | None, message: str | None, flags: list[
         return first_line(reason or message)
     if status_code != "ok":
         return first_line(message or reason)
-    return ", ".join(flags or [])
+    # "noisy:a, noisy:b" -> "noisy: a, b": the flag list can be as long as the row otherwise.
+    noisy = [f.split(":", 1)[1] for f in flags or [] if f.startswith("noisy:")]
+    other = [f for f in flags or [] if not f.startswith("noisy:")]
+    return "; ".join(other + ([f"noisy: {', '.join(noisy)}"] if noisy else []))
 
 
 def slug(*parts: Any) -> str:

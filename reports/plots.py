@@ -37,6 +37,8 @@ def name(row: EffRow) -> str:
 
 
 def title(fig: plt.Figure, what: str, ctx: Context) -> None:
+    if ctx.device.startswith("CPU"):
+        what = "CPU figures: " + what[0].lower() + what[1:]
     fig.suptitle(what + "\n" + "\n".join(textwrap.wrap(ctx.short(), 110)), fontsize=8)
 
 
@@ -97,7 +99,7 @@ def memory_plot(rows: list[EffRow], ctx: Context, path: Path) -> Path:
                         label="peak RSS" if not ax.get_legend_handles_labels()[1].count("peak RSS") else None)
         ax.set_xlabel(f"{memory_figures('cpu')[0].header}; | marks {memory_figures('cpu')[1].header}", fontsize=7)
         _legend(ax)
-        what = "Memory per variant (CPU figures: no GPU memory on this device)"
+        what = "Memory per variant (no GPU memory on this device: accounting and RSS)"
     title(fig, what, ctx)
     return save(fig, path)
 

@@ -96,6 +96,17 @@ class Table:
         raise KeyError(f"{self.name} has no column {header!r}; columns: {[c.header for c in self.columns]}")
 
 
+def decimals(values: Sequence[Any], at_least: int = 2, digits: int = 3, most: int = 6) -> str:
+    """A format showing the smallest non-zero value with `digits` significant digits: a tiny CPU model's
+    0.0218 GiB must not print as 0.022 in every row and hide the differences the table is for."""
+    nums = [abs(float(v)) for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v and not math.isnan(v)]
+    if not nums:
+        return f"{{:.{at_least}f}}"
+    places = digits - 1 - math.floor(math.log10(min(nums)))
+    return f"{{:.{min(max(at_least, places), most)}f}}"
+
+
 def uniform(values: Sequence[Any], what: str = "per row") -> str:
     """The single value, or 'per row (a, b)' so a caption never claims one value for a mixed table."""
     distinct = list(dict.fromkeys(str(v) for v in values if v not in (None, "")))

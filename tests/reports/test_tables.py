@@ -179,3 +179,16 @@ def test_unknown_format_is_refused(tmp_path) -> None:
     f.write(tmp_path / "r.jsonl", [f.eff_row(baseline=True)])
     with pytest.raises(ValueError, match="unknown format 'pdf'"):
         build_reports([tmp_path], tmp_path / "out", ["md", "pdf"])
+
+
+def test_small_figures_keep_three_significant_digits(tmp_path) -> None:
+    """A tiny CPU model's memory (~0.02 GiB) must not print identically in every row."""
+    rows = [f.eff_row(baseline=True, mem=0.01), f.eff_row(f.MODERN, mem=0.001)]
+    f.write(tmp_path / "r.jsonl", rows)
+    build_reports([tmp_path], tmp_path / "out", ["md"])
+    t = sections(tmp_path / "out" / "efficiency.md")[0]
+    shown = [r["CPU: params+grads+opt+saved act. (GiB)"].split(" ")[0].strip("*") for r in t.rows]
+    parts = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activations_bytes")
+    expected = [sum(r["memory"][k] for k in parts) / GIB for r in rows]
+    assert shown[0] != shown[1]
+    assert [float(s) for s in shown] == pytest.approx(expected, rel=5e-3)
