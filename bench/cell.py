@@ -23,7 +23,7 @@ import torch
 
 from bench import faults
 from bench.environment import device_info, environment, gpu_clocks
-from bench.flops import count_step_flops, peak_entry, throughput
+from bench.flops import counter, peak_entry, throughput
 from bench.memory import (GpuMemoryProbe, SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes,
                           peak_rss_bytes, rss_bytes)
 from bench.result import Memory, Result, cell_key, stage_flags
@@ -97,7 +97,6 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
 
 def _accounting_step(step: TrainStep) -> tuple[Memory, dict[str, float]]:
     """One extra, untimed step: bytes saved for backward, FLOPs, and parameter/gradient/optimizer bytes."""
-    from bench.flops import counter
 
     memory = Memory(param_bytes=param_bytes(step.model))
     with SavedBytes(step.model.parameters()) as saved, counter() as fwd:
@@ -167,23 +166,11 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _die_with_parent() -> None:
-    # If the sweep is killed, its cell must not live on as an orphan holding the GPU (Linux only).
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         print("usage: python -m bench.cell SPEC.json RESULT.json  (run by bench.run; see bench/cell.py)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    _die_with_parent()
     spec = CellSpec.from_json(Path(argv[0]).read_text())
     result = measure(spec)
     write_atomic(Path(argv[1]), json.dumps(result.to_dict()))

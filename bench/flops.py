@@ -2,7 +2,9 @@
 
 `FlopCounterMode` has no formula for PyTorch's CPU flash-attention kernel or its backward, so CPU SDPA
 attention would count as zero (cpu-facts §4). `register_cpu_flash_formulas()` adds the standard SDPA
-formulas (forward 4·B·H·S_q·S_kv·D, backward 2.5× that) for those two ops; importing this module does it.
+formulas (forward 4·B·H·S_q·S_kv·D, backward 2.5× that) for those two ops; and its convolution
+backward formula ignores `groups` for the weight gradient, over-counting CT-CLIP's depthwise PEG conv
+~dim-fold, which `register_grouped_conv_backward_formula()` corrects. Importing this module does both.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import (
     FlopCounterMode,
+    conv_flop_count,
     flop_registry,
     register_flop_formula,
     sdpa_backward_flop_count,
@@ -36,22 +39,41 @@ def register_cpu_flash_formulas() -> None:
             return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+def _grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                                transposed, _output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+    """torch's convolution_backward formula, with the weight-gradient term divided by `groups`.
+
+    torch 2.13 counts grad_weight as a dense conv(inp, grad_out) whatever the groups, so a depthwise
+    conv (CT-CLIP's PEG: groups = dim = 512) has its backward over-counted ~groups-fold (at paper size
+    several TFLOP per step). The grad-input term already uses the grouped weight shape and is right.
+    """
+    def t(shape):
+        return [shape[1], shape[0]] + list(shape[2:])
+
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:
+        if transposed:
+            dense = conv_flop_count(t(grad_out_shape), t(x_shape), t(out_shape[1]), transposed=False)
+        else:
+            dense = conv_flop_count(t(x_shape), t(grad_out_shape), t(out_shape[1]), transposed=False)
+        flops += dense // groups
+    return flops
+
+
+def register_grouped_conv_backward_formula() -> None:
+    for op in [k for k in flop_registry if getattr(k, "overloadpacket", k) is aten.convolution_backward]:
+        del flop_registry[op]
+    register_flop_formula(aten.convolution_backward)(_grouped_conv_backward_flop)
+
+
 register_cpu_flash_formulas()
+register_grouped_conv_backward_formula()
 
 
 def counter() -> FlopCounterMode:
     return FlopCounterMode(display=False)
-
-
-def count_step_flops(step) -> dict[str, float]:
-    """Forward and backward FLOPs of one `bench.step.TrainStep` (the optimizer's elementwise work is
-    not counted by FlopCounterMode and is negligible next to the matmuls)."""
-    with counter() as fwd:
-        loss = step.forward()
-    with counter() as bwd:
-        step.backward(loss)
-    forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
-    return {"forward": forward, "backward": backward, "total": forward + backward}
 
 
 # Dense peak TFLOP/s (no sparsity) from NVIDIA's datasheets, by the precision the matmuls run in.

@@ -65,6 +65,19 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
+def _die_with_parent() -> None:
+    """Runs in the forked child before exec: if the sweep is killed, its cell gets SIGKILL instead of
+    living on as an orphan (holding a GPU, or hanging forever). Linux only; elsewhere a no-op.
+    Done here rather than in the child's main(), because a runner killed during the child's seconds of
+    imports would otherwise leave it orphaned before it could ask."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -86,6 +99,7 @@ def run_in_subprocess(spec: CellSpec, log_path: Path) -> Result:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.cell", str(spec_path), str(result_path)],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
             try:
                 returncode = proc.wait(timeout=spec.timeout_s)

@@ -51,7 +51,8 @@ def render(results: list[Result]) -> str:
     base_step = base.stages["step"].median if base and "step" in base.stages else None
     base_mem = memory_figure(base)[0] if base else None
     label = next((memory_figure(r)[1] for r in results if memory_figure(r)[0] is not None), "memory")
-    headers = (["variant", "status", f"mem GiB ({label})"] + [f"{_STAGE_HEADERS[s]} ms" for s in STAGES]
+    show_rss = any(r.memory.cpu_peak_rss_bytes for r in results)
+    headers = (["variant", "status", f"mem GiB ({label})"] + (["peak RSS GiB (process)"] if show_rss else []) + [f"{_STAGE_HEADERS[s]} ms" for s in STAGES]
                + ["step ms", "Δstep %", "Δmem %", "GFLOP/step", "TFLOP/s", "MFU", "notes"])
     rows = []
     for r in results:
@@ -62,6 +63,7 @@ def render(results: list[Result]) -> str:
         rows.append([
             r.variant_key + (" (baseline)" if r is base else ""), r.status,
             f"{mem / GIB:.3f}" if mem is not None else "",
+            *([f"{r.memory.cpu_peak_rss_bytes / GIB:.2f}" if r.memory.cpu_peak_rss_bytes else ""] if show_rss else []),
             *[_ms(r, s) for s in STAGES], _ms(r, "step"),
             _delta(step, base_step) if r is not base else "", _delta(mem, base_mem) if r is not base else "",
             f"{gflop:.2f}" if gflop is not None else "",

@@ -51,3 +51,16 @@ def test_fake_tensor_estimate_equals_real_accounting(variant):
     m = est["memory"]
     assert m["predicted_peak_bytes"] == sum(v for k, v in m.items() if k != "predicted_peak_bytes")
     assert m["largest_transient_bytes"] > 0
+
+
+@pytest.mark.gpu
+def test_cuda_cell_uses_events_and_allocator():
+    spec = CellSpec(variant=Variant.modern().replace(precision="bf16").as_dict(), size="tiny", batch=2,
+                    device="cuda", timing={"warmup": 2, "repeats": 5}, host_device={"type": "cuda"})
+    result = measure(spec)
+    assert result.status == "ok", result.message
+    assert result.timer == "cuda_events"
+    m = result.memory
+    assert m.gpu_allocated_peak_bytes > m.gpu_allocated_baseline_bytes > 0
+    assert m.gpu_reserved_peak_bytes >= m.gpu_allocated_peak_bytes
+    assert result.device["type"] == "cuda" and result.device["name"]

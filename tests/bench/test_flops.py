@@ -48,3 +48,16 @@ def test_peak_table_and_mfu():
     tflops, mfu = throughput(989.4e12 * 0.5, 1.0, entry)
     assert tflops == pytest.approx(494.7) and mfu == pytest.approx(0.5)
     assert throughput(1e12, 1.0, None) == (pytest.approx(1.0), None)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 12])
+def test_conv3d_backward_counts_groups(groups):
+    # Reference: each of forward, grad-input and grad-weight is 2·B·C_out·(C_in/groups)·K³·out voxels.
+    c, k, grid = 12, 3, (4, 5, 6)
+    conv = torch.nn.Conv3d(c, c, k, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, c, *grid, requires_grad=True)
+    fwd, out = _count(lambda: conv(x))
+    bwd, _ = _count(lambda: out.sum().backward())
+    ref = 2 * 2 * c * (c // groups) * k**3 * 4 * 5 * 6
+    assert fwd == ref
+    assert bwd == 2 * ref

@@ -19,6 +19,20 @@ MODERN_SOFTMAX = "attn=sdpa_flash,pos=none,norm=rmsnorm,mlp=swiglu"
 MODERN = MODERN_SOFTMAX + ",loss=siglip"
 
 
+def _processes_with(marker: str) -> list[int]:
+    """PIDs whose environment holds `marker` (Linux /proc); [] elsewhere."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
 def test_faults_are_recorded_and_the_sweep_finishes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ENV_VAR, f"oom@faithful;crash@loss=siglip;hang@{MODERN_SOFTMAX}")
     assert bench_run.main(["--matrix", "--out", str(tmp_path), "--timeout", "20", *FAST]) == 0
@@ -36,7 +50,9 @@ def test_faults_are_recorded_and_the_sweep_finishes(tmp_path, monkeypatch, capsy
 
 
 def test_killed_sweep_resumes_without_redoing_or_duplicating(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{ENV_VAR: f"hang@{MODERN_SOFTMAX}"})
+    marker = f"CTCLIP_TEST_MARKER={tmp_path}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), CTCLIP_TEST_MARKER=str(tmp_path),
+               **{ENV_VAR: f"hang@{MODERN_SOFTMAX}"})
     argv = [sys.executable, "-m", "bench.run", "--matrix", "--only", "loss=softmax", "--out", str(tmp_path),
             "--timeout", "120", *FAST]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,6 +67,8 @@ def test_killed_sweep_resumes_without_redoing_or_duplicating(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert path is not None, "the first cell never finished"
+    time.sleep(1.0)
+    assert _processes_with(marker) == [], "the hanging cell outlived its killed runner"
     first = store.read(path).results
     assert [r.variant_key for r in first] == ["faithful"]
     with open(path, "a") as fh:  # what a writer killed mid-line leaves behind
