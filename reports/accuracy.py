@@ -9,13 +9,20 @@ report) and the CI is dropped because intervals of different seeds do not combin
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from reports import labels, schema
 from reports.load import AccRow
 from reports.table import Column, Context, Table, uniform
 
-METRIC_HEADERS = {"auroc": "AUROC", "f1": "F1", "precision": "precision", "recall": "recall", "auprc": "AUPRC"}
+METRIC_HEADERS = {
+    "auroc": "AUROC",
+    "f1": "F1",
+    "precision": "precision",
+    "recall": "recall",
+    "auprc": "AUPRC",
+}
 
 
 def group(rows: Iterable[AccRow]) -> list[tuple[tuple, list[AccRow]]]:
@@ -60,37 +67,61 @@ def summarise(values: list[float | None]) -> tuple[float | None, float | None]:
 def context(rows: list[AccRow]) -> Context:
     r0 = rows[0]
     steps = uniform([r.training.get("steps") for r in rows], "per row")
-    return Context(device=r0.device.label, size=r0.size, batch=str(r0.batch),
-                   precision=uniform([r.training.get("precision") or r.variant.get("precision") for r in rows]),
-                   steps=f"training steps: {steps}")
+    return Context(
+        device=r0.device.label,
+        size=r0.size,
+        batch=str(r0.batch),
+        precision=uniform([r.training.get("precision") or r.variant.get("precision") for r in rows]),
+        steps=f"training steps: {steps}",
+    )
 
 
 def _caption_notes(rows: list[AccRow], protocol: str, average: str) -> list[str]:
     ok = [r for r in rows if r.status == "ok" and protocol in r.protocols]
     block = ok[0].protocols[protocol] if ok else {}
     data = ok[0].data if ok else rows[0].data
-    notes = [f"Metric protocol: {protocol} ({block.get('description', 'no description in the result')})"
-             + ("; optimistic: the threshold is chosen to maximise F1 on the evaluated set." if block.get("optimistic")
-                else "."),
-             f"{average.capitalize()} average over abnormalities."]
+    notes = [
+        f"Metric protocol: {protocol} ({block.get('description', 'no description in the result')})"
+        + (
+            "; optimistic: the threshold is chosen to maximise F1 on the evaluated set."
+            if block.get("optimistic")
+            else "."
+        ),
+        f"{average.capitalize()} average over abnormalities.",
+    ]
     boot = block.get("bootstrap") or {}
     if boot:
-        notes.append(f"Brackets: {float(boot.get('confidence', 0.95)) * 100:.0f}% bootstrap CI "
-                     f"({boot.get('n', '?')} resamples by {boot.get('by', '?')}).")
+        notes.append(
+            f"Brackets: {float(boot.get('confidence', 0.95)) * 100:.0f}% bootstrap CI "
+            f"({boot.get('n', '?')} resamples by {boot.get('by', '?')})."
+        )
     notes.append("With several seeds: mean ± std over seeds.")
-    notes.append(f"Data: {data.get('name', '?')} ({data.get('source', '?')}), split {data.get('split', '?')}, "
-                 f"n_train {data.get('n_train', '?')}, n_eval {data.get('n_eval', '?')}.")
+    notes.append(
+        f"Data: {data.get('name', '?')} ({data.get('source', '?')}), split {data.get('split', '?')}, "
+        f"n_train {data.get('n_train', '?')}, n_eval {data.get('n_eval', '?')}."
+    )
     return notes
 
 
 def accuracy_table(rows: list[AccRow], protocol: str, group_slug: str, average: str = "macro") -> Table:
     variants = by_variant(rows)
-    cols = [Column("architecture", [labels.architecture(rs[0].variant) + (" (baseline)" if any(r.baseline for r in rs)
-                                                                          else "") for rs in variants.values()]),
-            Column("loss", [labels.loss(rs[0].variant) for rs in variants.values()])]
-    ok_runs = {k: [r for r in rs if r.status == "ok" and protocol in r.protocols] for k, rs in variants.items()}
+    cols = [
+        Column(
+            "architecture",
+            [
+                labels.architecture(rs[0].variant) + (" (baseline)" if any(r.baseline for r in rs) else "")
+                for rs in variants.values()
+            ],
+        ),
+        Column("loss", [labels.loss(rs[0].variant) for rs in variants.values()]),
+    ]
+    ok_runs = {
+        k: [r for r in rs if r.status == "ok" and protocol in r.protocols] for k, rs in variants.items()
+    }
     cols.append(Column("seeds ok", [f"{len(ok_runs[k])}/{len(rs)}" for k, rs in variants.items()]))
-    cols.append(Column("status", [labels.status("ok" if ok_runs[k] else rs[-1].status) for k, rs in variants.items()]))
+    cols.append(
+        Column("status", [labels.status("ok" if ok_runs[k] else rs[-1].status) for k, rs in variants.items()])
+    )
     for metric in schema.PAPER_METRICS:
         values, spreads, cis = [], [], []
         for k in variants:
@@ -100,41 +131,81 @@ def accuracy_table(rows: list[AccRow], protocol: str, group_slug: str, average: 
             spreads.append(std)
             cis.append((triples[0][1], triples[0][2]) if len(triples) == 1 else None)
         cols.append(Column(METRIC_HEADERS[metric], values, fmt="{:.3f}", best="max", ci=cis, spread=spreads))
-    cols.append(Column("notes", ["" if ok_runs[k] else labels.note(rs[-1].status, rs[-1].reason, rs[-1].message)
-                                 for k, rs in variants.items()]))
+    cols.append(
+        Column(
+            "notes",
+            [
+                "" if ok_runs[k] else labels.note(rs[-1].status, rs[-1].reason, rs[-1].message)
+                for k, rs in variants.items()
+            ],
+        )
+    )
     cols.append(Column("variant key", list(variants), show=False))
-    cols.append(Column("final loss", [summarise([r.training.get("final_loss") for r in ok_runs[k]])[0]
-                                      for k in variants], fmt="{:.4f}", show=False))
+    cols.append(
+        Column(
+            "final loss",
+            [summarise([r.training.get("final_loss") for r in ok_runs[k]])[0] for k in variants],
+            fmt="{:.4f}",
+            show=False,
+        )
+    )
     r0 = rows[0]
-    return Table(f"accuracy-{protocol}", f"Zero-shot accuracy, protocol {protocol}", context(rows), cols,
-                 group_slug, _caption_notes(rows, protocol, average),
-                 {"device": r0.device.label, "size": r0.size, "batch": r0.batch, "protocol": protocol,
-                  "average": average, "data": r0.data.get("name")})
+    return Table(
+        f"accuracy-{protocol}",
+        f"Zero-shot accuracy, protocol {protocol}",
+        context(rows),
+        cols,
+        group_slug,
+        _caption_notes(rows, protocol, average),
+        {
+            "device": r0.device.label,
+            "size": r0.size,
+            "batch": r0.batch,
+            "protocol": protocol,
+            "average": average,
+            "data": r0.data.get("name"),
+        },
+    )
 
 
 def per_class_table(rows: list[AccRow], protocol: str, group_slug: str, metric: str = "auroc") -> Table:
     """Rows are abnormalities; one column per variant (mean over seeds, ± std with several)."""
     variants = by_variant(rows)
-    ok_runs = {k: [r for r in rs if r.status == "ok" and protocol in r.protocols] for k, rs in variants.items()}
+    ok_runs = {
+        k: [r for r in rs if r.status == "ok" and protocol in r.protocols] for k, rs in variants.items()
+    }
     classes = list(dict.fromkeys(c for runs in ok_runs.values() for r in runs for c in r.classes))
     first = next((runs[0] for runs in ok_runs.values() if runs), None)
     per_class0 = first.protocols[protocol].get("per_class", {}) if first else {}
-    cols = [Column("abnormality", classes),
-            Column("support", [per_class0.get(c, {}).get("support") for c in classes], fmt="{:.0f}")]
+    cols = [
+        Column("abnormality", classes),
+        Column("support", [per_class0.get(c, {}).get("support") for c in classes], fmt="{:.0f}"),
+    ]
     for k, rs in variants.items():
         means, stds = [], []
         for c in classes:
-            mean, std = summarise([(r.protocols[protocol].get("per_class", {}).get(c) or {}).get(metric)
-                                   for r in ok_runs[k]])
+            mean, std = summarise(
+                [(r.protocols[protocol].get("per_class", {}).get(c) or {}).get(metric) for r in ok_runs[k]]
+            )
             means.append(mean)
             stds.append(std)
         name = f"{labels.architecture(rs[0].variant)}, {labels.loss(rs[0].variant)}"
         if not ok_runs[k]:
             name += f" ({labels.status(rs[-1].status)})"
         cols.append(Column(name, means, fmt="{:.3f}", spread=stds, csv_header=f"{metric} [{k}]"))
-    notes = [f"{METRIC_HEADERS.get(metric, metric)} per abnormality, one column per variant; support is the "
-             "number of positive cases in the evaluated split."] + _caption_notes(rows, protocol, "macro")[:1]
+    notes = [
+        (
+            f"{METRIC_HEADERS.get(metric, metric)} per abnormality, one column per variant; support is the "
+            "number of positive cases in the evaluated split."
+        )
+    ] + _caption_notes(rows, protocol, "macro")[:1]
     r0 = rows[0]
-    return Table(f"per-abnormality-{protocol}", f"{METRIC_HEADERS.get(metric, metric)} per abnormality, "
-                 f"protocol {protocol}", context(rows), cols, group_slug, notes,
-                 {"device": r0.device.label, "size": r0.size, "protocol": protocol, "metric": metric})
+    return Table(
+        f"per-abnormality-{protocol}",
+        f"{METRIC_HEADERS.get(metric, metric)} per abnormality, protocol {protocol}",
+        context(rows),
+        cols,
+        group_slug,
+        notes,
+        {"device": r0.device.label, "size": r0.size, "protocol": protocol, "metric": metric},
+    )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from reports import accuracy, efficiency, labels
 from reports.latex import write_document, write_latex
@@ -46,7 +46,9 @@ class _Slugs:
         return slug
 
 
-def efficiency_tables(rows: list[EffRow], slugs: _Slugs) -> tuple[list[Table], list[tuple[str, list[EffRow]]]]:
+def efficiency_tables(
+    rows: list[EffRow], slugs: _Slugs
+) -> tuple[list[Table], list[tuple[str, list[EffRow]]]]:
     measured = [r for r in rows if r.kind == "measured"]
     estimates = [r for r in rows if r.kind == "estimate"]
     tables: list[Table] = []
@@ -103,8 +105,13 @@ def _table_files(tables: list[Table], out: Path, formats: Sequence[str], style: 
     return written
 
 
-def build_reports(paths: Iterable[str | Path], out_dir: str | Path, formats: Iterable[str] = FORMATS,
-                  change: ChangeStyle = "ratio", average: str = "macro") -> list[Path]:
+def build_reports(
+    paths: Iterable[str | Path],
+    out_dir: str | Path,
+    formats: Iterable[str] = FORMATS,
+    change: ChangeStyle = "ratio",
+    average: str = "macro",
+) -> list[Path]:
     """Write every table and plot the rows under `paths` allow into `out_dir`; returns the files written.
 
     Raises ResultFileError (a ValueError whose message names the file and line) for an unreadable
@@ -128,30 +135,48 @@ def build_reports(paths: Iterable[str | Path], out_dir: str | Path, formats: Ite
     if "png" in formats:
         for slug, rows in eff_groups:
             ctx = efficiency.context(rows)
-            written += [memory_plot(rows, ctx, out / f"memory-{slug}.png"),
-                        stages_plot(rows, ctx, out / f"stages-{slug}.png"),
-                        tradeoff_plot(rows, ctx, out / f"tradeoff-{slug}.png")]
+            written += [
+                memory_plot(rows, ctx, out / f"memory-{slug}.png"),
+                stages_plot(rows, ctx, out / f"stages-{slug}.png"),
+                tradeoff_plot(rows, ctx, out / f"tradeoff-{slug}.png"),
+            ]
         for slug, rows, protocols in acc_groups:
             ctx = accuracy.context(rows)
-            for made in (roc_plot(rows, ctx, out / f"roc-{slug}.png", protocols[0] if protocols else None),
-                         loss_plot(rows, ctx, out / f"loss-{slug}.png")):
+            for made in (
+                roc_plot(rows, ctx, out / f"roc-{slug}.png", protocols[0] if protocols else None),
+                loss_plot(rows, ctx, out / f"loss-{slug}.png"),
+            ):
                 if made is not None:
                     written.append(made)
     return written
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m reports.build",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("results", nargs="+", metavar="RESULTS", help="result files (*.jsonl) or folders of them")
     p.add_argument("--out", required=True, help="folder for the tables and plots (created if missing)")
-    p.add_argument("--format", default=",".join(FORMATS),
-                   help=f"comma-separated subset of {','.join(FORMATS)} (default: all)")
-    p.add_argument("--change", choices=["ratio", "percent"], default="ratio",
-                   help="show the change against the baseline row as 0.76x (ratio) or -23.6 %% (percent)")
-    p.add_argument("--average", choices=["macro", "weighted"], default="macro",
-                   help="how accuracy metrics are averaged over abnormalities")
+    p.add_argument(
+        "--format",
+        default=",".join(FORMATS),
+        help=f"comma-separated subset of {','.join(FORMATS)} (default: all)",
+    )
+    p.add_argument(
+        "--change",
+        choices=["ratio", "percent"],
+        default="ratio",
+        help="show the change against the baseline row as 0.76x (ratio) or -23.6 %% (percent)",
+    )
+    p.add_argument(
+        "--average",
+        choices=["macro", "weighted"],
+        default="macro",
+        help="how accuracy metrics are averaged over abnormalities",
+    )
     return p
 
 

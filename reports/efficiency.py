@@ -10,16 +10,22 @@ the process's peak RSS, both labelled as CPU figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from reports import labels, schema
 from reports.load import EffRow, latest
 from reports.table import Column, Context, Table, decimals, uniform
 
 GIB = schema.GIB
-STAGE_HEADERS = {"vision_forward": "visual enc fwd", "backward": "backward", "step": "total step",
-                 "text_forward": "text fwd", "loss": "loss fn", "optimizer": "optimizer"}
+STAGE_HEADERS = {
+    "vision_forward": "visual enc fwd",
+    "backward": "backward",
+    "step": "total step",
+    "text_forward": "text fwd",
+    "loss": "loss fn",
+    "optimizer": "optimizer",
+}
 # The seed's three stage columns first, then the stages it did not report.
 STAGE_ORDER = ("vision_forward", "backward", "step", "text_forward", "loss", "optimizer")
 
@@ -69,9 +75,13 @@ def context(rows: list[EffRow]) -> Context:
     r0 = rows[0]
     steps = [r.stages["step"].n for r in rows if "step" in r.stages]
     n = uniform(steps, "per row")
-    return Context(device=r0.device.label, size=r0.size, batch=str(r0.batch),
-                   precision=uniform([r.precision for r in rows]),
-                   steps=f"timed steps: {n} per stage (medians)" if steps else "no timed steps")
+    return Context(
+        device=r0.device.label,
+        size=r0.size,
+        batch=str(r0.batch),
+        precision=uniform([r.precision for r in rows]),
+        steps=f"timed steps: {n} per stage (medians)" if steps else "no timed steps",
+    )
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -80,8 +90,14 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base
 
 
-def _with_change(header: str, values: list[float | None], base_index: int | None, best: str | None,
-                 at_least: int = 2, csv_header: str | None = None) -> Column:
+def _with_change(
+    header: str,
+    values: list[float | None],
+    base_index: int | None,
+    best: str | None,
+    at_least: int = 2,
+    csv_header: str | None = None,
+) -> Column:
     fmt = decimals(values, at_least)
     base = values[base_index] if base_index is not None else None
     change = [None if i == base_index else _ratio(v, base) for i, v in enumerate(values)]
@@ -112,27 +128,43 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
     bi = rows.index(base) if base is not None else None
     ctx = context(rows)
     mem = memory_figures(rows[0].device.type)
-    cols = [Column("architecture", [_name(r, base) for r in rows]),
-            Column("loss", [labels.loss(r.variant) for r in rows])]
+    cols = [
+        Column("architecture", [_name(r, base) for r in rows]),
+        Column("loss", [labels.loss(r.variant) for r in rows]),
+    ]
     if "per row" in ctx.precision:
         cols.append(Column("precision", [r.precision for r in rows]))
     cols.append(Column("status", [labels.status(r.status) for r in rows]))
     for m in mem:
         cols.append(_with_change(m.header, [_gib(m.get(r)) for r in rows], bi, "min", at_least=3))
     for stage in STAGE_ORDER:
-        cols.append(_with_change(f"{STAGE_HEADERS[stage]} (ms)", [_stage_ms(r, stage) for r in rows], bi, "min"))
+        cols.append(
+            _with_change(f"{STAGE_HEADERS[stage]} (ms)", [_stage_ms(r, stage) for r in rows], bi, "min")
+        )
     cols.append(_with_change("TFLOP/s", [r.tflops_per_s for r in rows], bi, "max", at_least=3))
-    cols.append(_with_change("MFU (%)", [r.mfu * 100 if r.mfu is not None else None for r in rows], bi, "max"))
+    cols.append(
+        _with_change("MFU (%)", [r.mfu * 100 if r.mfu is not None else None for r in rows], bi, "max")
+    )
     if "per row" in ctx.steps:
-        cols.append(Column("timed steps", [r.stages["step"].n if "step" in r.stages else None for r in rows],
-                           fmt="{:.0f}"))
+        cols.append(
+            Column(
+                "timed steps",
+                [r.stages["step"].n if "step" in r.stages else None for r in rows],
+                fmt="{:.0f}",
+            )
+        )
     cols.append(Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]))
     cols += _csv_only(rows)
-    notes = [f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."
-             if base is not None else "No row ran, so there is no baseline to compare with."]
+    notes = [
+        f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."
+        if base is not None
+        else "No row ran, so there is no baseline to compare with."
+    ]
     if rows[0].device.type == "cpu":
-        notes.append("CPU figures: memory is the CPU accounting (no GPU memory on this device) and the "
-                     "process's peak resident set.")
+        notes.append(
+            "CPU figures: memory is the CPU accounting (no GPU memory on this device) and the "
+            "process's peak resident set."
+        )
     if "per row" in ctx.precision:
         notes.append("fp16/bf16 are autocast mixed precision with fp32 master weights.")
     return Table("efficiency", "Training-step efficiency", ctx, cols, group_slug, notes, _csv_context(rows))
@@ -140,22 +172,35 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
 
 def _csv_only(rows: list[EffRow]) -> list[Column]:
     """Spread, counts and raw identities for the CSV; the shown tables keep the seed's compact layout."""
-    cols = [Column("variant key", [r.variant_key for r in rows], show=False),
-            Column("design", [r.design for r in rows], show=False),
-            Column("precision", [r.precision for r in rows], show=False, csv_header="precision (row)"),
-            Column("kind", [r.kind for r in rows], show=False),
-            Column("timer", [r.timer for r in rows], show=False)]
+    cols = [
+        Column("variant key", [r.variant_key for r in rows], show=False),
+        Column("design", [r.design for r in rows], show=False),
+        Column("precision", [r.precision for r in rows], show=False, csv_header="precision (row)"),
+        Column("kind", [r.kind for r in rows], show=False),
+        Column("timer", [r.timer for r in rows], show=False),
+    ]
     for stage in schema.ALL_STAGES:
         for stat in ("iqr", "p10", "p90"):
             cols.append(Column(f"{stage} {stat} (ms)", [_stage_ms(r, stage, stat) for r in rows], show=False))
-        cols.append(Column(f"{stage} n", [r.stages[stage].n if stage in r.stages else None for r in rows],
-                           fmt="{:.0f}", show=False))
+        cols.append(
+            Column(
+                f"{stage} n",
+                [r.stages[stage].n if stage in r.stages else None for r in rows],
+                fmt="{:.0f}",
+                show=False,
+            )
+        )
     for key in schema.MEMORY_FIELDS:
-        cols.append(Column(f"{key.removesuffix('_bytes')} (GiB)", [_gib(r.memory.get(key)) for r in rows],
-                           show=False))
-    cols.append(Column("total FLOPs per step (GFLOP)",
-                       [r.flops["total"] / 1e9 if r.flops and r.flops.get("total") is not None else None
-                        for r in rows], show=False))
+        cols.append(
+            Column(f"{key.removesuffix('_bytes')} (GiB)", [_gib(r.memory.get(key)) for r in rows], show=False)
+        )
+    cols.append(
+        Column(
+            "total FLOPs per step (GFLOP)",
+            [r.flops["total"] / 1e9 if r.flops and r.flops.get("total") is not None else None for r in rows],
+            show=False,
+        )
+    )
     cols.append(Column("source", [r.source for r in rows], show=False))
     return cols
 
@@ -169,16 +214,24 @@ def switch_table(rows: list[EffRow], design: str, group_slug: str) -> Table | No
     base_variant = (base or next((r for r in rows if r.baseline), rows[0])).variant
     bi = rows.index(base) if base is not None else None
     mem = memory_figures(rows[0].device.type)[0]
-    title = ("Single-switch (one factor at a time) effects against the faithful baseline" if design == "ofat"
-             else "Leave-one-out: the modern row with one switch reverted to CT-CLIP's choice")
-    names = ["baseline: " + labels.architecture(r.variant) + ", " + labels.loss(r.variant)
-             if r is base or (base is None and r.variant == base_variant)
-             else labels.changed(r.variant, base_variant) for r in rows]
-    cols = [Column("switch" if design == "ofat" else "reverted switch", names),
-            Column("status", [labels.status(r.status) for r in rows]),
-            _with_change(mem.header, [_gib(mem.get(r)) for r in rows], bi, "min", at_least=3),
-            _with_change("total step (ms)", [_stage_ms(r, "step") for r in rows], bi, "min"),
-            Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows])]
+    title = (
+        "Single-switch (one factor at a time) effects against the faithful baseline"
+        if design == "ofat"
+        else "Leave-one-out: the modern row with one switch reverted to CT-CLIP's choice"
+    )
+    names = [
+        "baseline: " + labels.architecture(r.variant) + ", " + labels.loss(r.variant)
+        if r is base or (base is None and r.variant == base_variant)
+        else labels.changed(r.variant, base_variant)
+        for r in rows
+    ]
+    cols = [
+        Column("switch" if design == "ofat" else "reverted switch", names),
+        Column("status", [labels.status(r.status) for r in rows]),
+        _with_change(mem.header, [_gib(mem.get(r)) for r in rows], bi, "min", at_least=3),
+        _with_change("total step (ms)", [_stage_ms(r, "step") for r in rows], bi, "min"),
+        Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]),
+    ]
     cols += _csv_only(rows)
     notes = ["Ratios in brackets are value / baseline; cells that did not run show their status and why."]
     if rows[0].device.type == "cpu":
@@ -214,8 +267,10 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
     saved_m = [_gib(m.memory.get(schema.SAVED)) if m and m.status == "ok" else None for _, m in pairs]
     flops_p = [e.flops["total"] / 1e9 if e.flops and e.flops.get("total") else None for e, _ in pairs]
     flops_m = [m.flops["total"] / 1e9 if m and m.flops and m.flops.get("total") else None for _, m in pairs]
-    cols = [Column("architecture", [labels.architecture(e.variant) for e, _ in pairs]),
-            Column("loss", [labels.loss(e.variant) for e, _ in pairs])]
+    cols = [
+        Column("architecture", [labels.architecture(e.variant) for e, _ in pairs]),
+        Column("loss", [labels.loss(e.variant) for e, _ in pairs]),
+    ]
     if len(set(devices)) > 1:
         cols.append(Column("measured on", [m.device.label if m else "" for _, m in pairs]))
     cols += [
@@ -230,8 +285,14 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
         Column("FLOPs predicted (GFLOP/step)", flops_p, fmt=decimals(flops_p + flops_m)),
         Column("FLOPs measured (GFLOP/step)", flops_m, fmt=decimals(flops_p + flops_m)),
         Column("FLOPs measured / predicted (×)", [ratio(a, b) for a, b in zip(flops_m, flops_p)]),
-        Column("notes", [labels.note(e.status, e.reason, e.message if e.status != "ok" else None)
-                         or (labels.note(m.status, m.reason, m.message) if m else "") for e, m in pairs]),
+        Column(
+            "notes",
+            [
+                labels.note(e.status, e.reason, e.message if e.status != "ok" else None)
+                or (labels.note(m.status, m.reason, m.message) if m else "")
+                for e, m in pairs
+            ],
+        ),
         Column("variant key", [e.variant_key for e, _ in pairs], show=False),
         Column("estimate source", [e.source for e, _ in pairs], show=False),
         Column("measured source", [m.source if m else None for _, m in pairs], show=False),
@@ -241,9 +302,23 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
     ctx = Context(
         device=(uniform(devices, "per row") if devices else "not measured")
         + f"; estimates on {uniform([e.device.label for e in estimates])}",
-        size=e0.size, batch=str(e0.batch), precision=uniform([e.precision for e in estimates]),
-        steps=context(measured_rows).steps if measured_rows else "estimates time nothing")
-    notes = [f"Measured peak is the {kinds}; predicted peak = params + grads + optimizer state + saved "
-             "activations + largest transient, from one step on fake tensors."]
-    return Table("estimate", "Estimated against measured memory and FLOPs", ctx, cols, group_slug, notes,
-                 {"size": e0.size, "batch": e0.batch})
+        size=e0.size,
+        batch=str(e0.batch),
+        precision=uniform([e.precision for e in estimates]),
+        steps=context(measured_rows).steps if measured_rows else "estimates time nothing",
+    )
+    notes = [
+        (
+            f"Measured peak is the {kinds}; predicted peak = params + grads + optimizer state + saved "
+            "activations + largest transient, from one step on fake tensors."
+        )
+    ]
+    return Table(
+        "estimate",
+        "Estimated against measured memory and FLOPs",
+        ctx,
+        cols,
+        group_slug,
+        notes,
+        {"size": e0.size, "batch": e0.batch},
+    )

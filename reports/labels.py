@@ -10,18 +10,49 @@ from __future__ import annotations
 import re
 from typing import Any
 
-ATTENTION = {"math": "SA", "sdpa": "SDPA", "sdpa_flash": "FA (SDPA)", "sdpa_efficient": "ME (SDPA)",
-             "sdpa_cudnn": "cuDNN (SDPA)", "flex": "Flex", "flash_attn": "FA2", "xformers": "xFormers"}
-MLP = {"geglu": "GEGLU", "swiglu": "SwiGLU", "swiglu_triton": "SwiGLU (Triton)", "geglu_triton": "GEGLU (Triton)"}
+ATTENTION = {
+    "math": "SA",
+    "sdpa": "SDPA",
+    "sdpa_flash": "FA (SDPA)",
+    "sdpa_efficient": "ME (SDPA)",
+    "sdpa_cudnn": "cuDNN (SDPA)",
+    "flex": "Flex",
+    "flash_attn": "FA2",
+    "xformers": "xFormers",
+}
+MLP = {
+    "geglu": "GEGLU",
+    "swiglu": "SwiGLU",
+    "swiglu_triton": "SwiGLU (Triton)",
+    "geglu_triton": "GEGLU (Triton)",
+}
 NORM = {"layernorm": "LN", "rmsnorm": "RMSNorm", "rmsnorm_triton": "RMSNorm (Triton)"}
 LOSS = {"softmax": "Softmax", "siglip": "SigLIP"}
 # CT-CLIP's own value of each axis outside the seed's three; a differing value is named after the arch.
-FAITHFUL_OTHER = {"position": "cpb", "text": "bert-base", "vq": True, "peg_layout": "upstream",
-                  "checkpointing": False, "compile": False}
-_OTHER_NAMES = {"position": "pos", "text": "text", "vq": "VQ", "peg_layout": "PEG", "checkpointing": "ckpt",
-                "compile": "compile"}
-STATUS = {"ok": "ok", "oom": "OOM", "unsupported": "unsupported", "error": "error", "timeout": "timeout",
-          "diverged": "diverged"}
+FAITHFUL_OTHER = {
+    "position": "cpb",
+    "text": "bert-base",
+    "vq": True,
+    "peg_layout": "upstream",
+    "checkpointing": False,
+    "compile": False,
+}
+_OTHER_NAMES = {
+    "position": "pos",
+    "text": "text",
+    "vq": "VQ",
+    "peg_layout": "PEG",
+    "checkpointing": "ckpt",
+    "compile": "compile",
+}
+STATUS = {
+    "ok": "ok",
+    "oom": "OOM",
+    "unsupported": "unsupported",
+    "error": "error",
+    "timeout": "timeout",
+    "diverged": "diverged",
+}
 
 
 def _value(value: Any) -> str:
@@ -30,11 +61,16 @@ def _value(value: Any) -> str:
 
 def architecture(variant: dict[str, Any]) -> str:
     """'SA + GEGLU + LN', then any other non-faithful axis: 'FA (SDPA) + SwiGLU + RMSNorm, pos=none'."""
-    parts = [ATTENTION.get(variant.get("attention", "math"), str(variant.get("attention"))),
-             MLP.get(variant.get("mlp", "geglu"), str(variant.get("mlp"))),
-             NORM.get(variant.get("norm", "layernorm"), str(variant.get("norm")))]
-    extra = [f"{_OTHER_NAMES[a]}={_value(variant[a])}" for a, v in FAITHFUL_OTHER.items()
-             if a in variant and variant[a] != v]
+    parts = [
+        ATTENTION.get(variant.get("attention", "math"), str(variant.get("attention"))),
+        MLP.get(variant.get("mlp", "geglu"), str(variant.get("mlp"))),
+        NORM.get(variant.get("norm", "layernorm"), str(variant.get("norm"))),
+    ]
+    extra = [
+        f"{_OTHER_NAMES[a]}={_value(variant[a])}"
+        for a, v in FAITHFUL_OTHER.items()
+        if a in variant and variant[a] != v
+    ]
     return " + ".join(parts) + (", " + ", ".join(extra) if extra else "")
 
 
@@ -44,8 +80,11 @@ def loss(variant: dict[str, Any]) -> str:
 
 def changed(variant: dict[str, Any], base: dict[str, Any]) -> str:
     """The switches that turn `base` into `variant`: 'attention: math → sdpa_flash'; '' when equal."""
-    diffs = [f"{axis}: {_value(base.get(axis))} → {_value(value)}" for axis, value in variant.items()
-             if base.get(axis) != value]
+    diffs = [
+        f"{axis}: {_value(base.get(axis))} → {_value(value)}"
+        for axis, value in variant.items()
+        if base.get(axis) != value
+    ]
     return "; ".join(diffs)
 
 

@@ -19,10 +19,27 @@ import pandas as pd
 from reports.table import ChangeStyle, Table, rows_as_text
 
 PREAMBLE_PACKAGES = ("booktabs", "graphicx")
-_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "×": r"$\times$", "−": r"$-$", "→": r"$\rightarrow$", "±": r"$\pm$", "…": r"\ldots{}",
-            "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "×": r"$\times$",
+    "−": r"$-$",
+    "→": r"$\rightarrow$",
+    "±": r"$\pm$",
+    "…": r"\ldots{}",
+    "Δ": r"$\Delta$",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+}
 
 
 def escape(text: str) -> str:
@@ -41,10 +58,17 @@ def latex_table(table: Table, style: ChangeStyle = "ratio") -> str:
     columns = table.shown()
     rows = rows_as_text(table, style, "tex", escape=escape)
     frame = pd.DataFrame(rows, columns=[escape(c.header) for c in columns])
-    align = "".join("r" if any(c.numeric(i) is not None for i in range(table.n_rows)) else "l" for c in columns)
+    align = "".join(
+        "r" if any(c.numeric(i) is not None for i in range(table.n_rows)) else "l" for c in columns
+    )
     body = frame.style.hide(axis="index").to_latex(
-        hrules=True, column_format=align, position="htbp", position_float="centering",
-        caption=escape(table.caption), label=f"tab:{table.name}-{table.group}")
+        hrules=True,
+        column_format=align,
+        position="htbp",
+        position_float="centering",
+        caption=escape(table.caption),
+        label=f"tab:{table.name}-{table.group}",
+    )
     # Scale only the tabular, so the caption keeps the document's font size.
     body = body.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}", 1)
     return body.replace("\\end{tabular}", "\\end{tabular}}", 1)
@@ -62,7 +86,8 @@ def write_document(fragments: list[Path], path: Path) -> Path:
     path.write_text(
         "\\documentclass{article}\n\\usepackage[landscape,margin=1.5cm]{geometry}\n"
         f"\\usepackage{{{','.join(PREAMBLE_PACKAGES)}}}\n\\begin{{document}}\n{inputs}\n\\end{{document}}\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return path
 
 
@@ -76,8 +101,14 @@ def compile_document(path: Path, timeout: float = 120.0) -> subprocess.Completed
     engine = tex_engine()
     if engine is None:
         raise RuntimeError("no TeX engine (pdflatex, lualatex, xelatex) on PATH")
-    proc = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", path.name], cwd=path.parent,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [engine, "-interaction=nonstopmode", "-halt-on-error", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} failed on {path} (rc {proc.returncode}):\n{proc.stdout[-3000:]}")
     return proc

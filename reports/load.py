@@ -9,9 +9,10 @@ as both schemas ask readers to do.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from reports import schema
 
@@ -37,7 +38,9 @@ class Device:
         """'NVIDIA H100 80GB HBM3' (or '2× ...'), or 'CPU, 2 cores (AMD EPYC ...)': what captions state."""
         if self.type == "cpu":
             cores = f"{self.count} core{'s' if self.count != 1 else ''}" if self.count else "cores unknown"
-            threads = f", {self.threads} torch thread{'s' if self.threads != 1 else ''}" if self.threads else ""
+            threads = (
+                f", {self.threads} torch thread{'s' if self.threads != 1 else ''}" if self.threads else ""
+            )
             return f"CPU, {cores}{threads} ({self.name or 'unknown model'})"
         many = f"{self.count}× " if self.count and self.count > 1 else ""
         return f"{many}{self.name or self.type}"
@@ -142,15 +145,19 @@ def _device(row: dict[str, Any]) -> Device:
         raise ValueError(f"field 'device' must have a 'type' (cpu or cuda), got {d!r}")
     count = d.get("count")
     threads = d.get("torch_threads")
-    return Device(type=kind, name=str(d.get("name") or ""), count=count if isinstance(count, int) else None,
-                  threads=threads if isinstance(threads, int) else None)
+    return Device(
+        type=kind,
+        name=str(d.get("name") or ""),
+        count=count if isinstance(count, int) else None,
+        threads=threads if isinstance(threads, int) else None,
+    )
 
 
 def _number(value: Any, name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"field {name!r} must be a number or null, got {value!r}")
+        raise TypeError(f"field {name!r} must be a number or null, got {value!r}")
     return float(value)
 
 
@@ -160,8 +167,13 @@ def _stages(row: dict[str, Any]) -> dict[str, Stage]:
         if not isinstance(stats, dict) or any(k not in stats for k in schema.STAGE_STATS):
             raise ValueError(f"stage {name!r} must have {', '.join(schema.STAGE_STATS)}, got {stats!r}")
         values = {k: _number(stats[k], f"stages.{name}.{k}") for k in schema.STAGE_STATS}
-        out[name] = Stage(median=values["median"], iqr=values["iqr"], p10=values["p10"], p90=values["p90"],
-                          n=int(values["n"]))
+        out[name] = Stage(
+            median=values["median"],
+            iqr=values["iqr"],
+            p10=values["p10"],
+            p90=values["p90"],
+            n=int(values["n"]),
+        )
     return out
 
 
@@ -174,25 +186,38 @@ def _common(row: dict[str, Any], statuses: tuple[str, ...]) -> dict[str, Any]:
     status = _need(row, "status", str)
     if status not in statuses:
         raise ValueError(f"status {status!r} is not one of {', '.join(statuses)}")
-    return dict(
-        cell_key=_need(row, "cell_key", str), status=status, variant_key=_need(row, "variant_key", str),
-        variant=_need(row, "variant", dict), size=_need(row, "size", str), batch=_need(row, "batch", int),
-        device=_device(row), design=_need(row, "design", str, optional=True),
-        baseline=bool(row.get("baseline", False)), reason=_need(row, "reason", str, optional=True),
-        message=_need(row, "message", str, optional=True), timestamp=str(row.get("timestamp") or ""),
-    )
+    return {
+        "cell_key": _need(row, "cell_key", str),
+        "status": status,
+        "variant_key": _need(row, "variant_key", str),
+        "variant": _need(row, "variant", dict),
+        "size": _need(row, "size", str),
+        "batch": _need(row, "batch", int),
+        "device": _device(row),
+        "design": _need(row, "design", str, optional=True),
+        "baseline": bool(row.get("baseline", False)),
+        "reason": _need(row, "reason", str, optional=True),
+        "message": _need(row, "message", str, optional=True),
+        "timestamp": str(row.get("timestamp") or ""),
+    }
 
 
 def parse_efficiency(row: dict[str, Any], source: str) -> EffRow:
     common = _common(row, schema.EFFICIENCY_STATUSES)
     flops = _need(row, "flops", dict, optional=True)
     return EffRow(
-        source=source, kind=row["kind"], **common,
+        source=source,
+        kind=row["kind"],
+        **common,
         precision=str(row.get("precision") or common["variant"].get("precision") or "fp32"),
-        timer=_need(row, "timer", str, optional=True), stages=_stages(row), memory=_memory(row),
+        timer=_need(row, "timer", str, optional=True),
+        stages=_stages(row),
+        memory=_memory(row),
         flops={k: _number(v, f"flops.{k}") for k, v in flops.items()} if flops else None,
-        tflops_per_s=_number(row.get("tflops_per_s"), "tflops_per_s"), mfu=_number(row.get("mfu"), "mfu"),
-        peak=_need(row, "peak", dict, optional=True), settings=_need(row, "settings", dict, optional=True) or {},
+        tflops_per_s=_number(row.get("tflops_per_s"), "tflops_per_s"),
+        mfu=_number(row.get("mfu"), "mfu"),
+        peak=_need(row, "peak", dict, optional=True),
+        settings=_need(row, "settings", dict, optional=True) or {},
         flags=[str(f) for f in (_need(row, "flags", list, optional=True) or [])],
     )
 
@@ -202,13 +227,17 @@ def parse_accuracy(row: dict[str, Any], source: str) -> AccRow:
     protocols = _need(row, "protocols", dict, optional=True) or {}
     for name, block in protocols.items():
         if not isinstance(block, dict) or not isinstance(block.get("macro", {}), dict):
-            raise ValueError(f"protocol {name!r} must be an object with 'macro', 'weighted', 'per_class'")
+            raise TypeError(f"protocol {name!r} must be an object with 'macro', 'weighted', 'per_class'")
     return AccRow(
-        source=source, **common, seed=_need(row, "seed", int),
-        data=_need(row, "data", dict, optional=True) or {}, training=_need(row, "training", dict, optional=True) or {},
+        source=source,
+        **common,
+        seed=_need(row, "seed", int),
+        data=_need(row, "data", dict, optional=True) or {},
+        training=_need(row, "training", dict, optional=True) or {},
         loss_curve=_need(row, "loss_curve", list, optional=True) or [],
         classes=[str(c) for c in (_need(row, "classes", list, optional=True) or [])],
-        protocols=protocols, roc=_need(row, "roc", dict, optional=True) or {},
+        protocols=protocols,
+        roc=_need(row, "roc", dict, optional=True) or {},
     )
 
 
@@ -219,10 +248,12 @@ def parse_line(line: str) -> EffRow | AccRow | None:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno}); a result file is JSON Lines, "
-                         "one object per line") from None
+        raise ValueError(
+            f"not valid JSON ({exc.msg} at column {exc.colno}); a result file is JSON Lines, "
+            "one object per line"
+        ) from None
     if not isinstance(row, dict):
-        raise ValueError(f"a result row must be a JSON object, got {type(row).__name__}")
+        raise TypeError(f"a result row must be a JSON object, got {type(row).__name__}")
     version = row.get("schema_version")
     if version != schema.SCHEMA_VERSION:
         raise ValueError(f"schema_version {version!r}; this reader knows version {schema.SCHEMA_VERSION}")

@@ -18,22 +18,28 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from reports import labels, schema  # noqa: E402
-from reports.efficiency import STAGE_HEADERS, memory_figures  # noqa: E402
-from reports.load import EffRow  # noqa: E402
-from reports.table import Context  # noqa: E402
+from reports import labels, schema
+from reports.efficiency import STAGE_HEADERS, memory_figures
+from reports.load import EffRow
+from reports.table import Context
 
 DPI = 300
 GIB = schema.GIB
-STAGE_COLOURS = {"text_forward": "#8da0cb", "vision_forward": "#66c2a5", "loss": "#ffd92f",
-                 "backward": "#fc8d62", "optimizer": "#a6d854"}
+STAGE_COLOURS = {
+    "text_forward": "#8da0cb",
+    "vision_forward": "#66c2a5",
+    "loss": "#ffd92f",
+    "backward": "#fc8d62",
+    "optimizer": "#a6d854",
+}
 
 
 def name(row: EffRow) -> str:
-    return f"{labels.architecture(row.variant)}, {labels.loss(row.variant)}" + \
-        (f", {row.precision}" if row.precision != "fp32" else "")
+    return f"{labels.architecture(row.variant)}, {labels.loss(row.variant)}" + (
+        f", {row.precision}" if row.precision != "fp32" else ""
+    )
 
 
 def title(fig: plt.Figure, what: str, ctx: Context) -> None:
@@ -64,8 +70,15 @@ def _legend(ax: plt.Axes) -> None:
 
 
 def _mark_not_run(ax: plt.Axes, i: int, row: EffRow) -> None:
-    ax.text(0, i, f" {labels.status(row.status)}: {labels.note(row.status, row.reason, row.message)[:60]}",
-            va="center", ha="left", fontsize=6, color="#b22222")
+    ax.text(
+        0,
+        i,
+        f" {labels.status(row.status)}: {labels.note(row.status, row.reason, row.message)[:60]}",
+        va="center",
+        ha="left",
+        fontsize=6,
+        color="#b22222",
+    )
 
 
 def memory_plot(rows: list[EffRow], ctx: Context, path: Path) -> Path:
@@ -81,8 +94,12 @@ def memory_plot(rows: list[EffRow], ctx: Context, path: Path) -> Path:
         ax.set_xlabel("GPU memory, peak allocated (GiB)", fontsize=7)
         what = "Peak GPU memory per variant"
     else:
-        parts = {schema.PARAMS: "params", schema.GRADS: "grads", schema.OPTIMIZER: "optimizer state",
-                 schema.SAVED: "saved activations"}
+        parts = {
+            schema.PARAMS: "params",
+            schema.GRADS: "grads",
+            schema.OPTIMIZER: "optimizer state",
+            schema.SAVED: "saved activations",
+        }
         for i, r in enumerate(rows):
             values = [r.memory.get(k) for k in parts]
             if r.status != "ok" or any(v is None for v in values):
@@ -90,14 +107,27 @@ def memory_plot(rows: list[EffRow], ctx: Context, path: Path) -> Path:
                 continue
             left = 0.0
             for (key, label), v in zip(parts.items(), values):
-                ax.barh(i, v / GIB, left=left, color=plt.cm.tab10(list(parts).index(key)),
-                        label=label if i == next(j for j, x in enumerate(rows) if x.status == "ok") else None)
+                ax.barh(
+                    i,
+                    v / GIB,
+                    left=left,
+                    color=plt.cm.tab10(list(parts).index(key)),
+                    label=label if i == next(j for j, x in enumerate(rows) if x.status == "ok") else None,
+                )
                 left += v / GIB
             rss = r.memory.get(schema.CPU_RSS_PEAK)
             if rss is not None:
-                ax.plot([rss / GIB], [i], marker="|", markersize=10, color="black",
-                        label="peak RSS" if not ax.get_legend_handles_labels()[1].count("peak RSS") else None)
-        ax.set_xlabel(f"{memory_figures('cpu')[0].header}; | marks {memory_figures('cpu')[1].header}", fontsize=7)
+                ax.plot(
+                    [rss / GIB],
+                    [i],
+                    marker="|",
+                    markersize=10,
+                    color="black",
+                    label="peak RSS" if not ax.get_legend_handles_labels()[1].count("peak RSS") else None,
+                )
+        ax.set_xlabel(
+            f"{memory_figures('cpu')[0].header}; | marks {memory_figures('cpu')[1].header}", fontsize=7
+        )
         _legend(ax)
         what = "Memory per variant (no GPU memory on this device: accounting and RSS)"
     title(fig, what, ctx)
@@ -117,16 +147,30 @@ def stages_plot(rows: list[EffRow], ctx: Context, path: Path) -> Path:
             s = r.stages.get(stage)
             if s is None:
                 continue
-            ax.barh(i, s.median * 1e3, left=left, color=STAGE_COLOURS[stage],
-                    xerr=[[s.iqr / 2 * 1e3], [s.iqr / 2 * 1e3]], error_kw={"elinewidth": 0.6, "capsize": 1.5},
-                    label=STAGE_HEADERS[stage] if stage not in labelled else None)
+            ax.barh(
+                i,
+                s.median * 1e3,
+                left=left,
+                color=STAGE_COLOURS[stage],
+                xerr=[[s.iqr / 2 * 1e3], [s.iqr / 2 * 1e3]],
+                error_kw={"elinewidth": 0.6, "capsize": 1.5},
+                label=STAGE_HEADERS[stage] if stage not in labelled else None,
+            )
             labelled.add(stage)
             left += s.median * 1e3
         step = r.stages.get("step")
         if step is not None:
-            ax.errorbar([step.median * 1e3], [i], xerr=[[(step.median - step.p10) * 1e3], [(step.p90 - step.median) * 1e3]],
-                        fmt="D", color="black", markersize=3, elinewidth=0.8, capsize=2,
-                        label="whole step (p10-p90)" if "step" not in labelled else None)
+            ax.errorbar(
+                [step.median * 1e3],
+                [i],
+                xerr=[[(step.median - step.p10) * 1e3], [(step.p90 - step.median) * 1e3]],
+                fmt="D",
+                color="black",
+                markersize=3,
+                elinewidth=0.8,
+                capsize=2,
+                label="whole step (p10-p90)" if "step" not in labelled else None,
+            )
             labelled.add("step")
     ax.set_xlabel("time per training step (ms); bars: stage medians ± IQR/2", fontsize=7)
     if labelled:
@@ -157,9 +201,17 @@ def tradeoff_plot(rows: list[EffRow], ctx: Context, path: Path) -> Path:
         points.append((t, m))
         k = len(points)
         # Numbers at the points and names in the legend: real sweeps put many variants on one spot.
-        ax.errorbar([t], [m], xerr=[[t - step.p10 * 1e3], [step.p90 * 1e3 - t]], fmt="o", markersize=4,
-                    capsize=2, elinewidth=0.8, color=plt.cm.tab20((k - 1) % 20),
-                    label=f"{k}: {name(r)}" + (" (baseline)" if r.baseline else ""))
+        ax.errorbar(
+            [t],
+            [m],
+            xerr=[[t - step.p10 * 1e3], [step.p90 * 1e3 - t]],
+            fmt="o",
+            markersize=4,
+            capsize=2,
+            elinewidth=0.8,
+            color=plt.cm.tab20((k - 1) % 20),
+            label=f"{k}: {name(r)}" + (" (baseline)" if r.baseline else ""),
+        )
         ax.annotate(str(k), (t, m), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = _pareto(points)
     if len(front) > 1:

@@ -34,7 +34,7 @@ def write_markdown(tables: list[Table], path: Path, style: ChangeStyle = "ratio"
 
 def _csv_columns(col: Column) -> dict[str, list]:
     name = col.csv_header or col.header
-    out = {name: [v if not isinstance(v, str) else v for v in col.values]}
+    out = {name: list(col.values)}
     if col.change is not None:
         out[f"{name} / baseline (ratio)"] = col.change
     if col.spread is not None and any(s is not None for s in col.spread):

@@ -35,9 +35,21 @@ CPU_RSS_PEAK = "cpu_peak_rss_bytes"
 CPU_RSS_BASELINE = "cpu_rss_baseline_bytes"
 ACCOUNTING_PARTS = (PARAMS, GRADS, OPTIMIZER, SAVED)
 MEMORY_FIELDS = (
-    SAVED, PARAMS, GRADS, OPTIMIZER, TRANSIENT, PREDICTED_PEAK, CPU_RSS_BASELINE, CPU_RSS_PEAK,
-    "gpu_allocated_baseline_bytes", GPU_PEAK, "gpu_peak_minus_baseline_bytes", GPU_RESERVED,
-    "nvml_used_before_bytes", "nvml_used_after_bytes", "cuda_context_bytes",
+    SAVED,
+    PARAMS,
+    GRADS,
+    OPTIMIZER,
+    TRANSIENT,
+    PREDICTED_PEAK,
+    CPU_RSS_BASELINE,
+    CPU_RSS_PEAK,
+    "gpu_allocated_baseline_bytes",
+    GPU_PEAK,
+    "gpu_peak_minus_baseline_bytes",
+    GPU_RESERVED,
+    "nvml_used_before_bytes",
+    "nvml_used_after_bytes",
+    "cuda_context_bytes",
 )
 
 # Accuracy metrics: the paper's five first, in its column order.

@@ -9,8 +9,9 @@ or a spread over seeds (`spread`); the writers decorate the value with them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 ChangeStyle = Literal["ratio", "percent"]
 Dialect = Literal["md", "tex"]
@@ -61,8 +62,10 @@ class Context:
     steps: str  # "30 timed steps per stage" or "200 training steps"
 
     def sentence(self) -> str:
-        return (f"Device: {self.device}; size {self.size}; batch {self.batch}; precision {self.precision}; "
-                f"{self.steps}.")
+        return (
+            f"Device: {self.device}; size {self.size}; batch {self.batch}; precision {self.precision}; "
+            f"{self.steps}."
+        )
 
     def short(self) -> str:
         return f"{self.device} | size {self.size}, batch {self.batch}, {self.precision}, {self.steps}"
@@ -99,8 +102,11 @@ class Table:
 def decimals(values: Sequence[Any], at_least: int = 2, digits: int = 3, most: int = 6) -> str:
     """A format showing the smallest non-zero value with `digits` significant digits: a tiny CPU model's
     0.0218 GiB must not print as 0.022 in every row and hide the differences the table is for."""
-    nums = [abs(float(v)) for v in values
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v and not math.isnan(v)]
+    nums = [
+        abs(float(v))
+        for v in values
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v and not math.isnan(v)
+    ]
     if not nums:
         return f"{{:.{at_least}f}}"
     places = digits - 1 - math.floor(math.log10(min(nums)))
@@ -125,8 +131,9 @@ def format_change(ratio: float, style: ChangeStyle, dialect: Dialect) -> str:
     return sign + text + (r"\,\%" if dialect == "tex" else " %")
 
 
-def format_cell(col: Column, i: int, style: ChangeStyle, dialect: Dialect, bold: bool,
-                escape=lambda s: s) -> str:
+def format_cell(
+    col: Column, i: int, style: ChangeStyle, dialect: Dialect, bold: bool, escape=lambda s: s
+) -> str:
     value = col.values[i]
     number = col.numeric(i)
     if number is None:
@@ -148,5 +155,7 @@ def format_cell(col: Column, i: int, style: ChangeStyle, dialect: Dialect, bold:
 def rows_as_text(table: Table, style: ChangeStyle, dialect: Dialect, escape=lambda s: s) -> list[list[str]]:
     columns = table.shown()
     best = [c.best_rows() for c in columns]
-    return [[format_cell(c, i, style, dialect, i in b, escape) for c, b in zip(columns, best)]
-            for i in range(table.n_rows)]
+    return [
+        [format_cell(c, i, style, dialect, i in b, escape) for c, b in zip(columns, best)]
+        for i in range(table.n_rows)
+    ]

@@ -14,8 +14,11 @@ class Section:
     rows: list[dict[str, str]] = field(default_factory=list)
 
     def row(self, column: str, startswith: str, **equal: str) -> dict[str, str]:
-        found = [r for r in self.rows if r[column].startswith(startswith)
-                 and all(r[k] == v for k, v in equal.items())]
+        found = [
+            r
+            for r in self.rows
+            if r[column].startswith(startswith) and all(r[k] == v for k, v in equal.items())
+        ]
         assert len(found) == 1, f"{len(found)} rows with {column} starting {startswith!r} in {self.title}"
         return found[0]
 

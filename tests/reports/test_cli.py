@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help() -> None:
-    proc = subprocess.run([sys.executable, "-m", "reports.build", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reports.build", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "--format" in proc.stdout and "RESULTS" in proc.stdout
 
 
@@ -28,7 +34,11 @@ def test_run_lists_what_it_wrote(tmp_path: Path, capsys) -> None:
 
 def test_reports_imports_no_measuring_package() -> None:
     """reports reads files only: importing it must not pull in models, bench, ablations (or torch)."""
-    code = ("import sys, reports.build; bad = [m for m in ('models', 'bench', 'ablations', 'torch') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, reports.build; bad = [m for m in ('models', 'bench', 'ablations', 'torch') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, check=False, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

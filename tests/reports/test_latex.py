@@ -18,7 +18,7 @@ def test_booktabs_rules_caption_and_bold_best(built) -> None:
     assert tex.count(r"\begin{table}") == 2  # one per device
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in tex
-    gpu = tex[tex.index("NVIDIA H100"):]
+    gpu = tex[tex.index("NVIDIA H100") :]
     modern = built.row(f.MODERN, f.H100)
     # The lowest GPU memory and step time are the modern row's: bold, with the ratio after them.
     assert rf"\textbf{{{modern['memory']['gpu_allocated_peak_bytes'] / GIB:.3f}}}" in gpu
@@ -29,8 +29,10 @@ def test_booktabs_rules_caption_and_bold_best(built) -> None:
 
 
 def test_escape() -> None:
-    assert escape("a_b & 50% #1 {x} ~ ^ \\") == (r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} "
-                                                  r"\textasciicircum{} \textbackslash{}")
+    assert escape("a_b & 50% #1 {x} ~ ^ \\") == (
+        r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} "
+        r"\textasciicircum{} \textbackslash{}"
+    )
     assert escape("math → sdpa ±") == r"math $\rightarrow$ sdpa $\pm$"
     assert escape("Café™").isascii()
 
@@ -40,7 +42,9 @@ def test_every_cell_text_is_escaped(built) -> None:
     assert r"sdpa\_flash" in tex and "sdpa_flash" not in re.sub(r"\\label\{[^}]*\}", "", tex)
 
 
-@pytest.mark.skipif(tex_engine() is None, reason="no TeX engine installed (apt-get install texlive-latex-recommended)")
+@pytest.mark.skipif(
+    tex_engine() is None, reason="no TeX engine installed (apt-get install texlive-latex-recommended)"
+)
 def test_report_compiles(built, tmp_path) -> None:
     for name in built.out.glob("*.tex"):
         shutil.copy(name, tmp_path / name.name)
@@ -51,6 +55,8 @@ def test_report_compiles(built, tmp_path) -> None:
 @pytest.mark.skipif(tex_engine() is None, reason="no TeX engine installed")
 def test_a_broken_document_fails_to_compile(tmp_path) -> None:
     """The compile check can fail: an undefined command is an error, not a warning."""
-    (tmp_path / "bad.tex").write_text("\\documentclass{article}\\begin{document}\\nosuchcommand\\end{document}\n")
+    (tmp_path / "bad.tex").write_text(
+        "\\documentclass{article}\\begin{document}\\nosuchcommand\\end{document}\n"
+    )
     with pytest.raises(RuntimeError, match="failed"):
         compile_document(tmp_path / "bad.tex")

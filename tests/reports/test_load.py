@@ -22,20 +22,26 @@ def _file(tmp_path: Path, lines: list[str]) -> Path:
 GOOD = json.dumps(f.eff_row(baseline=True))
 
 
-@pytest.mark.parametrize("bad, words", [
-    ('{"schema_version": 1, "kind": "measured", ', "not valid JSON"),
-    ("[1, 2]", "JSON object"),
-    (json.dumps(dict(f.eff_row(), schema_version=2)), "schema_version 2"),
-    (json.dumps({k: v for k, v in f.eff_row().items() if k != "schema_version"}), "schema_version None"),
-    (json.dumps(dict(f.eff_row(), kind="guess")), "kind 'guess'"),
-    (json.dumps(dict(f.eff_row(), status="fine")), "status 'fine'"),
-    (json.dumps({k: v for k, v in f.eff_row().items() if k != "variant_key"}), "'variant_key'"),
-    (json.dumps(dict(f.eff_row(), batch="two")), "'batch'"),
-    (json.dumps(dict(f.eff_row(), stages={"step": {"median": 1.0}})), "stage 'step'"),
-    (json.dumps(dict(f.eff_row(), memory={"gpu_allocated_peak_bytes": "lots"})), "memory.gpu_allocated_peak_bytes"),
-    (json.dumps(dict(f.acc_row(), status="ok", seed=None)), "'seed'"),
-    (json.dumps(dict(f.eff_row(), device={"name": "x"})), "'device'"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ('{"schema_version": 1, "kind": "measured", ', "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (json.dumps(dict(f.eff_row(), schema_version=2)), "schema_version 2"),
+        (json.dumps({k: v for k, v in f.eff_row().items() if k != "schema_version"}), "schema_version None"),
+        (json.dumps(dict(f.eff_row(), kind="guess")), "kind 'guess'"),
+        (json.dumps(dict(f.eff_row(), status="fine")), "status 'fine'"),
+        (json.dumps({k: v for k, v in f.eff_row().items() if k != "variant_key"}), "'variant_key'"),
+        (json.dumps(dict(f.eff_row(), batch="two")), "'batch'"),
+        (json.dumps(dict(f.eff_row(), stages={"step": {"median": 1.0}})), "stage 'step'"),
+        (
+            json.dumps(dict(f.eff_row(), memory={"gpu_allocated_peak_bytes": "lots"})),
+            "memory.gpu_allocated_peak_bytes",
+        ),
+        (json.dumps(dict(f.acc_row(), status="ok", seed=None)), "'seed'"),
+        (json.dumps(dict(f.eff_row(), device={"name": "x"})), "'device'"),
+    ],
+)
 def test_bad_line_names_file_and_line(tmp_path: Path, bad: str, words: str) -> None:
     path = _file(tmp_path, [GOOD, "", bad, GOOD])  # the blank line counts: the bad one is line 3
     with pytest.raises(ResultFileError) as err:
@@ -89,8 +95,16 @@ def test_schema_mirror_matches_ablations() -> None:
 def test_rows_written_by_bench_are_read(tmp_path: Path) -> None:
     """A row made by bench's own dataclass loads (skipped when bench is absent)."""
     result = pytest.importorskip("bench.result")
-    r = result.Result(cell_key="faithful|tiny|b2|cpu|measured", variant_key="faithful", variant=f.FAITHFUL,
-                      size="tiny", size_config={}, batch=2, device=f.CPU, status="ok",
-                      stages={"step": result.StageStats(0.1, 0.01, 0.09, 0.11, 30, [0.1])})
+    r = result.Result(
+        cell_key="faithful|tiny|b2|cpu|measured",
+        variant_key="faithful",
+        variant=f.FAITHFUL,
+        size="tiny",
+        size_config={},
+        batch=2,
+        device=f.CPU,
+        status="ok",
+        stages={"step": result.StageStats(0.1, 0.01, 0.09, 0.11, 30, [0.1])},
+    )
     loaded = load([_file(tmp_path, [json.dumps(r.to_dict())])]).efficiency[0]
     assert loaded.stages["step"].median == 0.1 and loaded.device.count == 2

@@ -26,11 +26,14 @@ def test_every_plot_is_written_at_print_resolution(built) -> None:
 
 
 def test_groups_where_nothing_ran_still_plot(tmp_path: Path) -> None:
-    f.write(tmp_path / "r.jsonl", [
-        f.eff_row(device=f.H100, status="oom", message="CUDA out of memory"),
-        f.eff_row(f.MODERN, device=f.H100, status="unsupported", reason="needs flash-attn"),
-        f.acc_row(status="error", message="boom"),
-    ])
+    f.write(
+        tmp_path / "r.jsonl",
+        [
+            f.eff_row(device=f.H100, status="oom", message="CUDA out of memory"),
+            f.eff_row(f.MODERN, device=f.H100, status="unsupported", reason="needs flash-attn"),
+            f.acc_row(status="error", message="boom"),
+        ],
+    )
     files = build_reports([tmp_path / "r.jsonl"], tmp_path / "out", ["png", "md"])
     names = {p.name for p in files}
     assert {"memory-nvidia-h100-80gb-hbm3-tiny-b2.png", "efficiency.md", "accuracy-ctclip.md"} <= names

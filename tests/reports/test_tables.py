@@ -23,8 +23,15 @@ def _section(built, name: str, device: str):
 
 def test_every_table_file_is_written(built) -> None:
     names = {p.name for p in built.files}
-    for stem in ("efficiency", "ofat", "loo", "estimate", "accuracy-ctclip", "accuracy-maxf1",
-                 "per-abnormality-ctclip"):
+    for stem in (
+        "efficiency",
+        "ofat",
+        "loo",
+        "estimate",
+        "accuracy-ctclip",
+        "accuracy-maxf1",
+        "per-abnormality-ctclip",
+    ):
         assert {f"{stem}.md", f"{stem}.tex", f"{stem}.csv"} <= names, stem
     assert "report.tex" in names
 
@@ -52,17 +59,41 @@ def test_csv_has_units_and_exact_values(built) -> None:
     modern = built.row(f.MODERN, f.H100)
     base = built.row(f.FAITHFUL, f.H100)
     r = gpu[gpu["variant key"] == f.key(f.MODERN)].iloc[0]
-    assert r["GPU mem, peak allocated (GiB)"] == pytest.approx(modern["memory"]["gpu_allocated_peak_bytes"] / GIB)
+    assert r["GPU mem, peak allocated (GiB)"] == pytest.approx(
+        modern["memory"]["gpu_allocated_peak_bytes"] / GIB
+    )
     assert r["total step (ms)"] == pytest.approx(modern["stages"]["step"]["median"] * 1e3)
     assert r["total step (ms) / baseline (ratio)"] == pytest.approx(
-        modern["stages"]["step"]["median"] / base["stages"]["step"]["median"])
+        modern["stages"]["step"]["median"] / base["stages"]["step"]["median"]
+    )
     assert r["step p90 (ms)"] == pytest.approx(modern["stages"]["step"]["p90"] * 1e3)
     assert r["MFU (%)"] == pytest.approx(modern["mfu"] * 100)
     assert set(frame["device"]) == {"NVIDIA H100 80GB HBM3", "CPU, 2 cores, 1 torch thread (Test CPU 9000)"}
-    assert all("(" in c or c in {"device type", "device", "size", "batch", "architecture", "loss", "status",
-                                   "notes", "variant key", "design", "kind", "timer", "source", "TFLOP/s",
-                                   "precision", "precision (table)", "precision (row)"} or c.endswith(" n")
-               for c in frame.columns), [c for c in frame.columns if "(" not in c]
+    assert all(
+        "(" in c
+        or c
+        in {
+            "device type",
+            "device",
+            "size",
+            "batch",
+            "architecture",
+            "loss",
+            "status",
+            "notes",
+            "variant key",
+            "design",
+            "kind",
+            "timer",
+            "source",
+            "TFLOP/s",
+            "precision",
+            "precision (table)",
+            "precision (row)",
+        }
+        or c.endswith(" n")
+        for c in frame.columns
+    ), [c for c in frame.columns if "(" not in c]
 
 
 def test_cpu_rows_show_cpu_accounting_never_gpu_memory(built) -> None:
@@ -71,7 +102,9 @@ def test_cpu_rows_show_cpu_accounting_never_gpu_memory(built) -> None:
     assert "CPU figures" in t.caption
     m = built.row(f.MODERN, f.CPU, design="paper")["memory"]
     row = t.row("architecture", "FA (SDPA) + SwiGLU + RMSNorm, pos=none", loss="SigLIP")
-    total = (m["param_bytes"] + m["grad_bytes"] + m["optimizer_state_bytes"] + m["saved_activations_bytes"]) / GIB
+    total = (
+        m["param_bytes"] + m["grad_bytes"] + m["optimizer_state_bytes"] + m["saved_activations_bytes"]
+    ) / GIB
     assert row["CPU: params+grads+opt+saved act. (GiB)"].split(" ")[0].strip("*") == f"{total:.3f}"
     assert row["CPU: peak RSS (GiB)"].split(" ")[0].strip("*") == f"{m['cpu_peak_rss_bytes'] / GIB:.3f}"
 
@@ -130,7 +163,9 @@ def test_estimate_against_measured(built) -> None:
 
 def test_accuracy_table(built) -> None:
     t = sections(built.out / "accuracy-ctclip.md")[0]
-    assert "protocol: ctclip" in t.caption and "Macro average" in t.caption and "95% bootstrap CI" in t.caption
+    assert (
+        "protocol: ctclip" in t.caption and "Macro average" in t.caption and "95% bootstrap CI" in t.caption
+    )
     assert "batch 4" in t.caption and "training steps: 50" in t.caption and "Device: CPU" in t.caption
     one = t.row("architecture", "SA + GEGLU + LN (baseline)")
     assert one["AUROC"] == "0.604 [0.554, 0.654]"  # value and CI exactly as in the input
@@ -161,14 +196,22 @@ def test_percent_style_and_mixed_file(tmp_path) -> None:
     f.write(tmp_path / "r.jsonl", [base, modern])
     build_reports([tmp_path / "r.jsonl"], tmp_path / "out", ["md"], change="percent")
     row = sections(tmp_path / "out" / "efficiency.md")[0].rows[1]
-    pct = (modern["memory"]["gpu_allocated_peak_bytes"] / base["memory"]["gpu_allocated_peak_bytes"] - 1) * 100
+    pct = (
+        modern["memory"]["gpu_allocated_peak_bytes"] / base["memory"]["gpu_allocated_peak_bytes"] - 1
+    ) * 100
     assert f"{pct:.1f}" == "-23.6"
     assert row["GPU mem, peak allocated (GiB)"].endswith("(−23.6 %)")
 
 
 def test_a_rerun_cell_replaces_the_earlier_row(tmp_path) -> None:
-    f.write(tmp_path / "r.jsonl", [f.eff_row(baseline=True, step=0.1), f.eff_row(f.MODERN, status="error",
-            message="flaky"), f.eff_row(f.MODERN, step=0.05)])
+    f.write(
+        tmp_path / "r.jsonl",
+        [
+            f.eff_row(baseline=True, step=0.1),
+            f.eff_row(f.MODERN, status="error", message="flaky"),
+            f.eff_row(f.MODERN, step=0.05),
+        ],
+    )
     build_reports([tmp_path], tmp_path / "out", ["csv"])
     frame = pd.read_csv(tmp_path / "out" / "efficiency.csv")
     assert list(frame["status"]) == ["ok", "ok"]
