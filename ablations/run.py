@@ -1,0 +1,276 @@
+"""Short contrastive training runs and their zero-shot evaluation, one result row per (variant, seed).
+
+    python -m ablations.run --design paper --size tiny --data DIR --steps 300 --seeds 3 --out results/acc
+    python -m ablations.run --variants faithful modern --size tiny --data DIR --config configs/acc.yaml
+    torchrun --nproc-per-node 2 -m ablations.run ...      (DDP; negatives from every rank)
+
+For each variant of a design (bench.design's `paper`, `ofat`, `loo`, `full`, or an explicit
+`--variants` list) and each seed: train on the `train` split of a CT-RATE tree (real, or synthetic from
+`python -m ablations.data.synthetic`), evaluate zero-shot on the `valid` split under the `ctclip`,
+`clean` and `maxf1` protocols with bootstrap CIs, and append one row (docs/accuracy-schema.md) to
+OUT/accuracy.jsonl with a CSV beside it. Resumable: a finished (variant, seed) is skipped; an
+interrupted one restarts from OUT/checkpoints/<cell>/last.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ablations.bootstrap import BootstrapSpec
+from ablations.config import parse_with_config
+from ablations.distributed import DistContext, init_from_env
+from ablations.evaluate import evaluate_model
+from ablations.prompts import TEMPLATES, get_template
+from ablations.protocols import PROTOCOLS
+from ablations.result import AccuracyResult, accuracy_cell_key, append_row, read_rows
+from ablations.summary import format_summary, seed_summary
+from ablations.train import Diverged, TrainConfig, seed_everything, train
+from ablations.variants import CellSpec, cells_from_args
+
+CACHE_LIMIT_BYTES = 4 * 2**30  # hold a split in memory (decoded once for all variants and seeds) below this
+
+
+def _environment(device: torch.device) -> tuple[dict, dict, dict]:
+    try:  # the bench's recorder when present, so both kinds of rows describe machines alike
+        from bench.environment import device_info, environment, git_info
+
+        return device_info(device), environment(device), git_info()
+    except Exception:
+        import platform
+
+        return ({"type": device.type, "name": platform.processor() or device.type, "count": torch.get_num_threads()},
+                {"python": platform.python_version(), "torch": torch.__version__}, {"sha": None, "dirty": None})
+
+
+def _cached(dataset, size) -> Any:
+    n_bytes = len(dataset) * 4 * size.channels * size.depth * size.image_size ** 2
+    if n_bytes > CACHE_LIMIT_BYTES:
+        return dataset
+    return [s for s in (dataset[i] for i in range(len(dataset))) if s is not None]
+
+
+def split_calibration(dataset, fraction: float) -> tuple[list[int], list[int]]:
+    """(train indices, calibration indices): whole patients, chosen by a hash of the patient id so the
+    slice does not depend on the order or number of volumes."""
+    from ablations.evaluate import patient_groups
+
+    names = [s.name for s in dataset] if isinstance(dataset, list) else list(dataset.names)
+    groups = patient_groups(names) or names
+    held = [i for i, g in enumerate(groups)
+            if int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction]
+    held_set = set(held)
+    return [i for i in range(len(names)) if i not in held_set], held
+
+
+class _Subset:
+    def __init__(self, data, indices: list[int]) -> None:
+        self.data, self.indices = data, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.data[self.indices[i]]
+
+
+def _safe(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)[:150] + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistContext, device: torch.device,
+             out: Path, data_info: dict, envs: tuple) -> AccuracyResult:
+    from models import build, supports
+    from models.text import load_tokenizer, tokenize
+
+    variant = cell.variant
+    key = accuracy_cell_key(variant.key, size.name, seed, data_info["name"])
+    template = get_template(args.template)
+    base = dict(cell_key=key, variant_key=variant.key, variant=variant.as_dict(), size=size.name,
+                size_config=size.as_dict(), batch=args.batch, seed=seed, design=cell.design, baseline=cell.baseline,
+                device=envs[0], data=data_info, prompts=template.as_dict(), env=envs[1], git=envs[2])
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup_steps=args.warmup_steps,
+                      min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                      seed=seed, checkpoint_every=args.checkpoint_every, siglip_impl=args.siglip_impl)
+    training = {"steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
+                "precision": variant.precision, "world_size": dist.world_size}
+    reason = supports(variant, device)
+    if reason:
+        return AccuracyResult(status="unsupported", reason=reason, training=training, **base)
+    seed_everything(seed)
+    model = build(variant, size, device, text_weights=args.text_weights)
+    tokenizer = load_tokenizer(args.tokenizer)
+    tok = lambda texts: tokenize(tokenizer, texts, size.text_max_len, device)  # noqa: E731
+    extra = {"variant": variant.as_dict(), "size": size.as_dict(), "tokenizer": args.tokenizer,
+             "text_weights": args.text_weights, "prompts": template.as_dict()}
+    try:
+        result = train(model, splits["train"], tok, cfg, out / "checkpoints" / _safe(key), dist, extra,
+                       progress=not args.quiet)
+    except Diverged as error:
+        return AccuracyResult(status="diverged", message=str(error), training=training, **base)
+    training.update(wall_s=round(result.wall_s, 3), final_loss=result.final_loss, resumed_from=result.resumed_from)
+    blocks, roc, _ = evaluate_model(model, splits["valid"], tok, data_info["classes"], args.template, args.protocols,
+                                    BootstrapSpec(args.bootstrap, args.bootstrap_seed), splits.get("calibration"),
+                                    args.eval_batch)
+    return AccuracyResult(status="ok", training=training, loss_curve=result.loss_curve,
+                          classes=list(data_info["classes"]), protocols=blocks, roc=roc, **base)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
+    p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for rows, curves, checkpoints")
+    p.add_argument("--design", default=None, help="paper | ofat | loo | full (bench.design)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="explicit list instead of a design, e.g. faithful modern 'modern,loss=softmax'")
+    p.add_argument("--only", nargs="*", default=[], help="AXIS=V1,V2 filters (as bench.run)")
+    p.add_argument("--exclude", nargs="*", default=[], help="AXIS=V filters dropping cells")
+    p.add_argument("--precision", default=None, help="set every cell's precision: fp32 | fp16 | bf16")
+    p.add_argument("--size", default="tiny", help="tiny | small | paper")
+    p.add_argument("--text-max-len", type=int, default=None, help="override the size's text length")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (or --seed-list)")
+    p.add_argument("--seed-list", type=int, nargs="*", default=None)
+    p.add_argument("--batch", type=int, default=8, help="per process")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--min-lr-ratio", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=0.5)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--siglip-impl", choices=["shift", "gather"], default="shift")
+    p.add_argument("--template", choices=sorted(TEMPLATES), default="present")
+    p.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=["ctclip", "clean", "maxf1"])
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
+    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--calibration-fraction", type=float, default=0.1,
+                   help="share of training patients held out to fit `clean` thresholds (0: fixed 0.5)")
+    p.add_argument("--eval-batch", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the offline BERT vocab)")
+    p.add_argument("--text-weights", default=None, help="local text-tower checkpoint folder (bert-base)")
+    p.add_argument("--no-resume", action="store_true", help="rerun cells that already have a row")
+    p.add_argument("--reports", nargs="*", default=["md", "csv"], help="formats for reports.build (none: skip)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    from models import get_size
+
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    try:
+        cells = cells_from_args(args.design, args.variants, args.only, args.exclude, args.precision)
+        size = get_size(args.size)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.text_max_len:
+        size = size.replace(text_max_len=args.text_max_len)
+    seeds = args.seed_list if args.seed_list else list(range(args.seeds))
+    device = torch.device(args.device)
+    dist = init_from_env(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+
+    from ablations.data.ctrate import CTRateDataset
+    from ablations.data.errors import DataError
+    from ablations.data.labels import ABNORMALITIES
+
+    try:
+        train_set = _cached(CTRateDataset(args.data, "train", size.name), size)
+        valid_set = _cached(CTRateDataset(args.data, "valid", size.name), size)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    train_idx, calib_idx = split_calibration(train_set, args.calibration_fraction)
+    splits = {"train": _Subset(train_set, train_idx), "valid": valid_set}
+    if calib_idx:
+        splits["calibration"] = _Subset(train_set, calib_idx)
+    data_info = {"name": Path(args.data).resolve().name, "source": "synthetic" if _is_synthetic(args.data) else "ct-rate",
+                 "n_train": len(train_idx), "n_calibration": len(calib_idx), "n_eval": len(valid_set),
+                 "split": "valid", "classes": list(ABNORMALITIES)}
+    out = Path(args.out)
+    rows_path = out / "accuracy.jsonl"
+    done = {r["cell_key"] for r in read_rows(rows_path) if r.get("status") != "error"} if not args.no_resume else set()
+    envs = _environment(device)
+    envs[0]["count"] = dist.world_size if device.type == "cuda" else torch.get_num_threads()
+    for cell in cells:
+        for seed in seeds:
+            key = accuracy_cell_key(cell.variant.key, size.name, seed, data_info["name"])
+            if key in done:
+                print(f"skip {key}: already in {rows_path}")
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = run_cell(cell, seed, args, size, splits, dist, device, out, dict(data_info), envs)
+            except Exception as error:  # one broken cell must not lose the sweep
+                traceback.print_exc()
+                result = AccuracyResult(cell_key=key, variant_key=cell.variant.key, variant=cell.variant.as_dict(),
+                                        size=size.name, size_config=size.as_dict(), batch=args.batch, seed=seed,
+                                        status="error", message=f"{type(error).__name__}: {error}",
+                                        design=cell.design, baseline=cell.baseline, data=dict(data_info))
+            if dist.is_main:
+                result.data.pop("classes", None)
+                append_row(rows_path, result)
+                _write_curve(out, key, result.loss_curve)
+                auc = (result.protocols.get("ctclip") or next(iter(result.protocols.values()), {}) or {}).get("macro", {})
+                value = auc.get("auroc", {}).get("value") if auc else None
+                print(f"{key}: {result.status} in {time.perf_counter() - t0:.0f} s"
+                      + (f", macro AUROC {value:.3f}" if value is not None else "")
+                      + (f" ({result.reason or result.message})" if result.status != "ok" else ""))
+    if dist.is_main:
+        rows = read_rows(rows_path)
+        print(format_summary(seed_summary(rows)))
+        _build_reports(rows_path, out, args.reports)
+        print(f"rows: {rows_path} (CSV {rows_path.with_suffix('.csv')}); curves: {out / 'curves'}; "
+              f"checkpoints: {out / 'checkpoints'}")
+    return 0
+
+
+def _is_synthetic(root: Path) -> bool:
+    import pandas as pd
+
+    from ablations.data.layout import Layout
+
+    try:
+        meta = pd.read_csv(Layout.find(root).metadata_csv("train"), nrows=1)
+        return str(meta.get("Manufacturer", [""])[0]) == "SYNTHETIC"
+    except Exception:
+        return False
+
+
+def _write_curve(out: Path, key: str, curve: list[dict]) -> None:
+    path = out / "curves" / f"{_safe(key)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cell_key": key, "loss_curve": curve}))
+
+
+def _build_reports(rows_path: Path, out: Path, formats: list[str]) -> None:
+    if not formats:
+        return
+    try:
+        from reports.build import build_reports
+    except ImportError:
+        print("note: reports.build is not available; skipped the tables (rows are written)")
+        return
+    try:
+        build_reports([rows_path], out / "reports", formats)
+        print(f"reports: {out / 'reports'}")
+    except Exception as error:  # the rows are the result; a report failure must not hide them
+        print(f"note: reports.build failed ({type(error).__name__}: {error}); rows are intact")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

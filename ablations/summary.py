@@ -1,0 +1,45 @@
+"""Mean ± std over seeds of each variant's macro metrics, per protocol (printed at the end of a sweep;
+reports compute the same from the rows, which store one seed each)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def seed_summary(rows: Iterable[dict[str, Any]], metric: str = "auroc") -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        if row.get("status") == "ok":
+            groups[(row["variant_key"], row["size"], row["data"].get("name", ""))].append(row)
+    out = []
+    for (variant_key, size, data), members in groups.items():
+        entry: dict[str, Any] = {"variant_key": variant_key, "size": size, "data": data, "n_seeds": len(members)}
+        for protocol in members[0]["protocols"]:
+            values = [r["protocols"][protocol]["macro"][metric]["value"] for r in members]
+            values = np.array([v for v in values if v is not None], dtype=float)
+            entry[protocol] = (float(values.mean()) if values.size else None,
+                               float(values.std(ddof=1)) if values.size > 1 else None)
+            lows = [r["protocols"][protocol]["macro"][metric]["ci_low"] for r in members]
+            highs = [r["protocols"][protocol]["macro"][metric]["ci_high"] for r in members]
+            if all(v is not None for v in lows + highs):
+                entry[protocol + "_ci"] = (float(np.mean(lows)), float(np.mean(highs)))
+        out.append(entry)
+    return out
+
+
+def format_summary(entries: list[dict[str, Any]], metric: str = "auroc") -> str:
+    lines = [f"macro {metric.upper()}: mean ± std over seeds [mean bootstrap 95% CI]"]
+    for e in entries:
+        parts = []
+        for protocol in ("ctclip", "clean", "maxf1"):
+            if protocol in e and e[protocol][0] is not None:
+                mean, std = e[protocol]
+                text = f"{protocol} {mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+                if protocol + "_ci" in e:
+                    text += f" [{e[protocol + '_ci'][0]:.3f}, {e[protocol + '_ci'][1]:.3f}]"
+                parts.append(text)
+        lines.append(f"  {e['variant_key']} ({e['size']}, {e['n_seeds']} seeds): " + "; ".join(parts))
+    return "\n".join(lines)
