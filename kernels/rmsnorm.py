@@ -49,11 +49,14 @@ def _rmsnorm_fwd_kernel(X, Y, W, R, stride_x, stride_y, n_rows, n_cols, eps,
     # Upcast on load: the interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy we promise.
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    mean_sq = tl.sum(x * x, axis=1) / n_cols
+    # Per-row scalars use IEEE-rounded sqrt and division (Triton's defaults are approximate): they cost
+    # nothing here and keep fp32 results within an ulp or two of PyTorch's. `n_cols * 1.0` rather than
+    # `.to()`: Triton turns an int argument equal to 1 into a constexpr, which has no `.to`.
+    mean_sq = tl.div_rn(tl.sum(x * x, axis=1), n_cols * 1.0)
     if EPS_INSIDE:
-        r = 1.0 / tl.sqrt(mean_sq + eps)
+        r = tl.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
     else:
-        r = 1.0 / (tl.sqrt(mean_sq) + eps)
+        r = tl.div_rn(1.0, tl.sqrt_rn(mean_sq) + eps)
     y = x * r[:, None] * w[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     tl.store(R + rows, r, mask=row_ok)
@@ -81,12 +84,12 @@ def _rmsnorm_bwd_kernel(DY, X, W, R, DX, DW_PARTIAL, stride_dy, stride_x, stride
         r = tl.load(R + rows, mask=row_ok, other=0.0)
         dw_acc += dy * x * r[:, None]
         g = dy * w[None, :]
-        c = tl.sum(g * x, axis=1) / n_cols
+        c = tl.div_rn(tl.sum(g * x, axis=1), n_cols * 1.0)
         if EPS_INSIDE:
             coef = r * r * r * c
         else:
-            rms = tl.sqrt(tl.sum(x * x, axis=1) / n_cols)
-            coef = tl.where(rms > 0.0, r * r * c / tl.where(rms > 0.0, rms, 1.0), 0.0)
+            rms = tl.sqrt_rn(tl.div_rn(tl.sum(x * x, axis=1), n_cols * 1.0))
+            coef = tl.where(rms > 0.0, tl.div_rn(r * r * c, tl.where(rms > 0.0, rms, 1.0)), 0.0)
         dx = r[:, None] * g - x * coef[:, None]
         tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_ok)

@@ -1,0 +1,82 @@
+"""The kernels compile for real GPUs (sm_80, sm_90), with no GPU present.
+
+The interpreter runs the kernels' Python, not Triton's compiler, so a kernel can pass every CPU test and
+still fail to compile (e.g. calling `.to()` on an argument Triton specialised to a constexpr because it
+equals 1). This compiles each kernel ahead of time to a cubin with the bundled ptxas, at the block
+sizes the host functions choose for the model's shapes and for width 1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import _launch, rmsnorm, swiglu
+
+def compile_(fn, runtime, constexprs, num_warps, target):
+    signature = {**runtime, **{name: "constexpr" for name in constexprs}}
+    kernel = triton.compile(ASTSource(fn, signature, constexprs), target=target,
+                            options={"num_warps": num_warps})
+    assert kernel.asm["cubin"], fn.__name__
+
+count = 0
+# Every dtype for Hopper; bf16 (the dtype Ampere adds) for sm_80.
+for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
+    target = GPUTarget("cuda", arch, 32)
+    for dt in dtypes:
+        for rows, width in ((13824 * 4, 512), (64, 1), (3, 1365)):
+            bn = rmsnorm._block_n(width)
+            bm = _launch.rows_per_tile(bn, rows)
+            ints = {"n_rows": "i32", "n_cols": "i32"}
+            # Triton specialises an int argument equal to 1 into a constexpr.
+            const_cols = {"n_cols": 1} if width == 1 else {}
+            if const_cols:
+                del ints["n_cols"]
+            for inside in (True, False):
+                compile_(rmsnorm._rmsnorm_fwd_kernel,
+                         {"X": f"*{dt}", "Y": f"*{dt}", "W": f"*{dt}", "R": "*fp32", "stride_x": "i32",
+                          "stride_y": "i32", **ints, "eps": "fp32"},
+                         {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": inside},
+                         _launch.num_warps(bm * bn), target)
+                compile_(rmsnorm._rmsnorm_bwd_kernel,
+                         {"DY": f"*{dt}", "X": f"*{dt}", "W": f"*{dt}", "R": "*fp32", "DX": f"*{dt}",
+                          "DW_PARTIAL": "*fp32", "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32",
+                          **ints},
+                         {**const_cols, "TILES_PER_PROGRAM": 16, "BLOCK_M": bm, "BLOCK_N": bn,
+                          "EPS_INSIDE": inside},
+                         _launch.num_warps(bm * bn), target)
+                count += 2
+            bm, bn = swiglu._blocks(rows, width)
+            for geglu in (True, False):
+                compile_(swiglu._gated_fwd_kernel,
+                         {"X": f"*{dt}", "OUT": f"*{dt}", "stride_x": "i32", "stride_out": "i32", **ints},
+                         {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "GEGLU": geglu},
+                         _launch.num_warps(bm * bn), target)
+                compile_(swiglu._gated_bwd_kernel,
+                         {"DOUT": f"*{dt}", "X": f"*{dt}", "DX": f"*{dt}", "stride_dout": "i32",
+                          "stride_x": "i32", "stride_dx": "i32", **ints},
+                         {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "GEGLU": geglu},
+                         _launch.num_warps(bm * bn), target)
+                count += 2
+print("compiled", count)
+'''
+
+
+@pytest.mark.slow
+def test_kernels_compile_to_cubin_for_sm80_and_sm90():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled 96" in done.stdout
