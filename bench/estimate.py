@@ -89,6 +89,23 @@ def _to_cpu_is_identity():
         torch.nn.Module.to = original
 
 
+def _fakeify(model: torch.nn.Module, mode) -> None:
+    """Turn real parameters and buffers into fakes of the same mode.
+
+    Weights loaded from disk (text=minilm's pretrained checkpoint) arrive as real tensors even when the
+    model is built inside the mode, and a real weight meeting a fake input is an error.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and not isinstance(p, FakeTensor):
+                module._parameters[name] = torch.nn.Parameter(mode.from_tensor(p.detach()), p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None and not isinstance(b, FakeTensor):
+                module._buffers[name] = mode.from_tensor(b)
+
+
 def fake_inputs(mode, size: Size, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Volumes made directly as fakes (no 0.9 GB real batch); token ids and mask from the real
     `example_batch` on a one-patch volume, converted into the mode (they are a few KiB)."""
@@ -106,9 +123,13 @@ def estimate_variant(variant: Variant, size: Size, batch: int) -> dict[str, Any]
     mode = FakeTensorMode()
     with mode, _to_cpu_is_identity():
         model = build(variant, size, device="cpu")
+    _fakeify(model, mode)
     volumes, ids, mask = fake_inputs(mode, size, batch)
     with mode:
         step = TrainStep(model, (volumes, ids, mask))
+        # GradScaler.step reads found_inf with .item(), which fake tensors cannot answer; loss scaling
+        # is one scalar multiply and its state a few bytes, so the estimate steps without it.
+        step.scaler = None
         largest = LargestOutput()
         with largest:
             with SavedBytes(model.parameters()) as saved, counter() as fwd:
