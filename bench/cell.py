@@ -117,6 +117,12 @@ def measure(spec: CellSpec) -> Result:
     started = time.perf_counter()
     variant = spec.variant_obj
     device = torch.device(spec.device)
+    probe = GpuMemoryProbe(device)
+    try:
+        probe.measure_context()  # before anything else (supports() included) touches CUDA in this process
+    except Exception as exc:
+        status, message = classify_exception(exc)
+        return base_result(spec, status, message=message, wall_s=time.perf_counter() - started)
     reason = supports(variant, device)
     if reason:
         return base_result(spec, "unsupported", reason=reason, wall_s=time.perf_counter() - started)
@@ -135,7 +141,6 @@ def measure(spec: CellSpec) -> Result:
         faults.inject(variant.key)
         settings = TimingSettings(**spec.timing)
         warm_up(step, settings, device)
-        probe = GpuMemoryProbe(device)
         probe.start()
         result.timer, result.stages, result.timing_windows = time_stable(step, settings, device)
         probe.finish(result.memory)

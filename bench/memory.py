@@ -136,6 +136,20 @@ class GpuMemoryProbe:
         self.handle = nvml_handle(device.index or 0) if self.active else None
         self.baseline = None
         self.nvml_before = None
+        self.context_bytes = None
+
+    def measure_context(self) -> None:
+        """Call before anything else touches CUDA: NVML device-used before and after creating this
+        process's context, less what the allocator reserved for the probe tensor. Works in containers,
+        where NVML's per-process list shows host PIDs that do not match ours."""
+        if not self.active:
+            return
+        before = nvml_used_bytes(self.handle)
+        torch.zeros(1, device=self.device)
+        torch.cuda.synchronize(self.device)
+        after = nvml_used_bytes(self.handle)
+        if before is not None and after is not None:
+            self.context_bytes = max(0, after - before - torch.cuda.memory_reserved(self.device))
 
     def start(self) -> None:
         if not self.active:
@@ -160,6 +174,7 @@ class GpuMemoryProbe:
         memory.gpu_reserved_peak_bytes = torch.cuda.max_memory_reserved(self.device)
         memory.nvml_used_before_bytes = self.nvml_before
         memory.nvml_used_after_bytes = nvml_used_bytes(self.handle)
+        memory.cuda_context_bytes = self.context_bytes
         process = nvml_process_bytes(self.handle)
-        if process is not None:
+        if memory.cuda_context_bytes is None and process is not None:
             memory.cuda_context_bytes = max(0, process - torch.cuda.memory_reserved(self.device))

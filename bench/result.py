@@ -96,7 +96,8 @@ class Memory:
       nvml_used_before_bytes        NVML device-used at the baseline (other processes included)
       nvml_used_after_bytes         NVML device-used after the timed steps; the allocator keeps its
                                     peak reservation, so this is the peak as the driver sees it
-      cuda_context_bytes            this process's NVML usage minus memory_reserved(): CUDA context
+      cuda_context_bytes            CUDA context: NVML device-used after minus before this process
+                                    created its context, less the allocator's reservation
     """
 
     saved_activations_bytes: int | None = None
