@@ -11,7 +11,10 @@ from typing import Sequence
 def parse_with_config(parser: argparse.ArgumentParser, argv: "Sequence[str] | None" = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML file whose keys are any of these flags (command-line flags win)")
-    pre, _ = parser.parse_known_args(argv)
+    # A separate parser finds --config first, so flags the file supplies are not reported missing.
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--config", type=Path, default=None)
+    pre, _ = finder.parse_known_args(argv)
     if pre.config is not None:
         import yaml
 

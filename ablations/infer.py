@@ -1,0 +1,114 @@
+"""Each pathology's zero-shot probability for one CT volume.
+
+    python -m ablations.infer --checkpoint OUT/checkpoints/<cell>/last.pt --volume scan.nii.gz
+    python -m ablations.infer --checkpoint CKPT --volume scan.nii.gz --prompts "Pleural effusion" Emphysema
+
+The volume is read and preprocessed exactly as the training loader reads one (ablations.data: HU from
+the header or the given slope/intercept, resample to 1.5 x 0.75 x 0.75 mm, clip to [-1000, 1000] HU,
+scale to [-1, 1], centre crop or pad to the model's input). The model, its size and the prompt
+template are rebuilt from what the checkpoint recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ablations.config import parse_with_config
+from ablations.prompts import TEMPLATES
+
+
+def load_model(checkpoint: "str | Path", device: str = "cpu"):
+    """(model in eval mode, size, tokenizer path, template name) from a training checkpoint."""
+    from models import Size, Variant, build
+
+    from ablations.train import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    for key in ("model", "variant", "size"):
+        if key not in state:
+            raise ValueError(f"{checkpoint} has no {key!r} entry; it was not written by ablations.train via "
+                             "ablations.run")
+    variant = Variant.from_dict(state["variant"])
+    size = Size(**state["size"])
+    model = build(variant, size, device, text_weights=state.get("text_weights"))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, size, state.get("tokenizer"), (state.get("prompts") or {}).get("template", "present")
+
+
+def preprocess(volume: "str | Path", size, slope: "float | None" = None, intercept: "float | None" = None,
+               rescale: str = "auto") -> torch.Tensor:
+    """(1, 1, D, H, W) model input from a .nii.gz, by the loader's own functions."""
+    from ablations.data.resample import preprocess_hu
+    from ablations.data.volume_io import read_volume
+
+    raw = read_volume(volume, slope, intercept, rescale)
+    return preprocess_hu(raw.hu, raw.spacing, (size.depth, size.image_size, size.image_size))[None]
+
+
+def metadata_scaling(volume: Path) -> tuple["float | None", "float | None"]:
+    """RescaleSlope/Intercept of `volume` from the metadata CSVs of the CT-RATE tree it sits in, if any:
+    what the loader would apply to the same file."""
+    import pandas as pd
+
+    name = volume.name[: -len(".nii.gz")] if volume.name.endswith(".nii.gz") else volume.stem
+    for parent in volume.resolve().parents:
+        for csv in sorted((parent / "metadata").glob("*_metadata.csv")):
+            frame = pd.read_csv(csv)
+            row = frame[frame["VolumeName"].astype(str).str.replace(".nii.gz", "", regex=False) == name]
+            if len(row):
+                return float(row["RescaleSlope"].iloc[0]), float(row["RescaleIntercept"].iloc[0])
+    return None, None
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    from ablations.data.labels import ABNORMALITIES
+
+    p = argparse.ArgumentParser(prog="python -m ablations.infer", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="last.pt written by ablations.run")
+    p.add_argument("--volume", type=Path, required=True, help="a CT volume (.nii.gz)")
+    p.add_argument("--prompts", nargs="+", default=None, help="pathology names (default: the 18 CT-RATE labels)")
+    p.add_argument("--template", choices=sorted(TEMPLATES), default=None,
+                   help="prompt template (default: the one the checkpoint was evaluated with)")
+    p.add_argument("--slope", type=float, default=None, help="RescaleSlope (default: from the metadata CSV of the CT-RATE tree holding the volume)")
+    p.add_argument("--intercept", type=float, default=None, help="RescaleIntercept from the metadata CSV, if any")
+    p.add_argument("--rescale", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--device", default="cpu")
+    args = parse_with_config(p, argv)
+    for path, flag in ((args.checkpoint, "--checkpoint"), (args.volume, "--volume")):
+        if not path.exists():
+            print(f"error: {flag} {path} does not exist", file=sys.stderr)
+            return 2
+    from models.text import load_tokenizer, tokenize
+
+    from ablations.zeroshot import encode_prompts, pair_probabilities
+
+    try:
+        model, size, tokenizer_path, template = load_model(args.checkpoint, args.device)
+        slope, intercept = args.slope, args.intercept
+        if slope is None and intercept is None:
+            slope, intercept = metadata_scaling(args.volume)
+        volume = preprocess(args.volume, size, slope, intercept, args.rescale).to(args.device)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    classes = args.prompts or list(ABNORMALITIES)
+    tokenizer = load_tokenizer(tokenizer_path)
+    with torch.no_grad():
+        prompts = encode_prompts(model, lambda t: tokenize(tokenizer, t, size.text_max_len, args.device), classes,
+                                 args.template or template)
+        probs = pair_probabilities(model, prompts, model.encode_image(volume).float())[0]
+    width = max(len(c) for c in classes)
+    print(f"{args.volume.name}  (template {args.template or template!r}; P(present) from softmax over the pair)")
+    for c, prob in zip(classes, probs):
+        print(f"  {c:<{width}}  {prob:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

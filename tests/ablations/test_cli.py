@@ -1,0 +1,59 @@
+"""`python -m ablations.run` end to end on a few phantoms (rows, resume, YAML config, reports hook) and
+`python -m ablations.infer` on one of its checkpoints."""
+
+import json
+
+import pytest
+
+from ablations.infer import main as infer_main
+from ablations.result import SCHEMA_VERSION, read_rows
+from ablations.run import main as run_main
+from ablations.variants import parse_variant
+from models import Variant
+
+
+def test_variant_list_parser():
+    assert parse_variant("faithful") == Variant.faithful()
+    assert parse_variant("modern,loss=softmax") == Variant.modern().replace(loss="softmax")
+    assert parse_variant("vq=off,attention=sdpa") == Variant.faithful().replace(vq=False, attention="sdpa")
+    with pytest.raises(ValueError, match="axis"):
+        parse_variant("colour=red")
+
+
+def test_run_writes_schema_rows_resumes_and_infer_reads_its_checkpoint(phantom_tree, tmp_path, capsys):
+    data = phantom_tree(30, 0.3)
+    config = tmp_path / "acc.yaml"
+    config.write_text(f"data: {data}\nsteps: 3\nbatch: 4\nbootstrap: 20\nvariants: [faithful, 'modern,loss=softmax']\n"
+                      "quiet: true\ncheckpoint-every: 2\nreports: []\n")
+    out = tmp_path / "out"
+    assert run_main(["--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
+    rows = read_rows(out / "accuracy.jsonl")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    row = rows[0]
+    assert row["schema_version"] == SCHEMA_VERSION and row["kind"] == "accuracy"
+    assert row["cell_key"] == f"faithful|tiny|seed0|{data.name}" and row["baseline"] is True
+    assert set(row["protocols"]) == {"ctclip", "clean", "maxf1"}
+    assert row["protocols"]["maxf1"]["optimistic"] is True and row["protocols"]["clean"]["optimistic"] is False
+    assert len(row["loss_curve"]) == 3 and row["training"]["steps"] == 3
+    assert len(row["classes"]) == 18 and row["prompts"]["template"] == "present"
+    assert row["data"]["n_eval"] > 0 and row["data"]["source"] == "synthetic"
+    assert (out / "accuracy.csv").exists() and len(list((out / "curves").glob("*.json"))) == 4
+    # Resume: nothing left to do.
+    assert run_main(["--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
+    assert len(read_rows(out / "accuracy.jsonl")) == 4
+    assert "skip faithful|tiny|seed1" in capsys.readouterr().out
+
+    volume = next((data / "dataset" / "valid_fixed").rglob("*.nii.gz"))
+    checkpoint = next((out / "checkpoints").glob("faithful*")) / "last.pt"
+    assert infer_main(["--checkpoint", str(checkpoint), "--volume", str(volume),
+                       "--prompts", "Pleural effusion", "Cardiomegaly"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].split()[-1].replace(".", "").isdigit() and "Cardiomegaly" in printed[2]
+    assert infer_main(["--checkpoint", str(tmp_path / "missing.pt"), "--volume", str(volume)]) == 2
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nstepz: 3\n")
+    with pytest.raises(SystemExit):
+        run_main(["--config", str(bad)])
