@@ -21,7 +21,6 @@ show predicted against measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from datetime import datetime
@@ -66,29 +65,6 @@ class LargestOutput(TorchDispatchMode):
         return out
 
 
-@contextlib.contextmanager
-def _to_cpu_is_identity():
-    """Make `Module.to("cpu")` a no-op while building under FakeTensorMode.
-
-    `models.build` ends with `model.to(device)`. Fake parameters are already CPU tensors, but in torch
-    2.13 `.to()` on a fake module tries to swap every parameter and fails ("Cannot swap t1 because it
-    has weakref associated with it"). Moving CPU tensors to the CPU is the identity, so skip it.
-    """
-    original = torch.nn.Module.to
-
-    def to(self, *args, **kwargs):
-        targets = list(args) + list(kwargs.values())
-        if targets and all(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets):
-            return self
-        return original(self, *args, **kwargs)
-
-    torch.nn.Module.to = to
-    try:
-        yield
-    finally:
-        torch.nn.Module.to = original
-
-
 def _fakeify(model: torch.nn.Module, mode) -> None:
     """Turn real parameters and buffers into fakes of the same mode.
 
@@ -121,7 +97,7 @@ def estimate_variant(variant: Variant, size: Size, batch: int) -> dict[str, Any]
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode()
-    with mode, _to_cpu_is_identity():
+    with mode:
         model = build(variant, size, device="cpu")
     _fakeify(model, mode)
     volumes, ids, mask = fake_inputs(mode, size, batch)

@@ -63,7 +63,12 @@ def build(variant: Variant, size: "Size | str", device: "torch.device | str" = "
     reason = supports(variant, device)
     if reason:
         raise ValueError(f"variant {variant.key} cannot run on {device}: {reason}")
-    model = CTCLIP(variant, size, text_weights=text_weights).to(device)
+    model = CTCLIP(variant, size, text_weights=text_weights)
+    device = torch.device(device)
+    # Skip the move when the weights already live there: built inside a FakeTensorMode (bench.estimate)
+    # the parameters are fake CPU tensors, and Module.to cannot swap those in place.
+    if any(p.device != device for p in model.parameters()):
+        model = model.to(device)
     if variant.checkpointing:
         text = model.text_encoder
         if hasattr(text, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method

@@ -39,6 +39,20 @@ class BiasFreeLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.weight, None, self.eps)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight follows the input's dtype.
+
+    Under autocast the input arrives in fp16/bf16 while the weight stays fp32; torch.rms_norm then
+    refuses its fused kernel ("Cannot dispatch to fused implementation") and runs the composite one,
+    which saves more for backward. Casting the weight, as the Triton kernel's output dtype also does,
+    keeps the fused path; in fp32 nothing changes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.to(x.dtype) if self.weight is not None else None
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 def _kernels_reason(variant: object, device: torch.device) -> "str | None":
     try:
         import kernels
@@ -58,8 +72,8 @@ def layernorm(dim: int, slot: str) -> nn.Module:
 
 @NORMS.register("rmsnorm")
 def rmsnorm(dim: int, slot: str) -> nn.Module:
-    """torch.nn.RMSNorm (y = x / sqrt(mean(x^2) + eps) * w) in every block slot."""
-    return nn.RMSNorm(dim, eps=RMS_EPS)
+    """torch's RMSNorm (y = x / sqrt(mean(x^2) + eps) * w) in every block slot."""
+    return RMSNorm(dim, eps=RMS_EPS)
 
 
 @NORMS.register("rmsnorm_triton", supports=_kernels_reason)
