@@ -28,7 +28,10 @@ from models import SIZES, get_size
 
 CPU_DEFAULTS = {"size": "tiny", "warmup": 5, "warmup_time": 0.025, "repeats": 30, "min_time": 0.0,
                 "timeout": 300.0, "threads": 1, "attempts": 3}
-GPU_DEFAULTS = {"size": "paper", "warmup": 5, "warmup_time": 0.025, "repeats": 30, "min_time": 2.0,
+# On a GPU the flash kernels need fp16/bf16, so the default is bf16 autocast (fp32 master weights);
+# the seed project timed fp16 AMP, which --precision fp16 reproduces.
+GPU_DEFAULTS = {"size": "paper", "precision": "bf16", "warmup": 5, "warmup_time": 0.025, "repeats": 30,
+                "min_time": 2.0,
                 "timeout": 600.0, "threads": 0, "attempts": 1}
 
 
@@ -166,7 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "unsupported", "oom", "error", "timeout")}
     print(f"\n{len(rows)} cells in {elapsed:.1f} s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     print(f"results: {path}\ncsv:     {csv_path}\nlogs:    {path.parent / 'logs' / path.stem}")
+    _write_report(path)
     return 0
+
+
+def _write_report(path: Path) -> None:
+    """Tables and plots of this run beside its result file (reports reads the file, nothing else)."""
+    from reports.build import build_reports
+
+    out = path.parent / f"report-{path.stem}"
+    try:
+        written = build_reports([path], out, formats=("md", "tex", "csv", "png"))
+    except ValueError as exc:  # reports.load.ResultFileError names the file and line
+        print(f"bench.run: no report written: {exc}", file=sys.stderr)
+        return
+    print(f"report:  {out} ({len(written)} files)")
 
 
 if __name__ == "__main__":
