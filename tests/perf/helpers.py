@@ -1,0 +1,64 @@
+"""Shared by the perf suites (the layout of lightning-thunder's benchmarks/targets.py): helpers first, so
+each test body is a few lines: build, make inputs, measure, check.
+
+GPU timing: pytest-benchmark times `timer(); fn(); timer()`, so without a synchronising timer a GPU
+test would time kernel launches, not kernels. `measure_cuda` installs one on the fixture itself, so
+the figures are right whatever `--benchmark-timer` says (passing
+`--benchmark-timer=torch.utils.benchmark.utils.timer.timer` gives the same sync-then-read behaviour).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Callable
+
+import torch
+
+# Modest counts: the GPU suite has to fit in a couple of minutes on one H100, beside bench.gpu_check.
+GPU_WARMUP_ROUNDS = 3
+GPU_ROUNDS = 10
+CPU_WARMUP_ROUNDS = 1
+CPU_ROUNDS = 3
+
+# extra_info keys the memory gate (bench.perf_gate) compares between runs.
+PEAK_KEY = "max_memory_allocated_bytes"
+SAVED_KEY = "saved_for_backward_bytes"
+
+
+def sync_timer() -> float:
+    """torch.cuda.synchronize() then perf_counter: each timer read waits for queued kernels."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def measure_cuda(benchmark: Any, fn: Callable[[], Any], setup: Callable[[], Any] | None = None,
+                 rounds: int = GPU_ROUNDS, warmup_rounds: int = GPU_WARMUP_ROUNDS) -> Any:
+    """Time `fn` with explicit round counts and a synchronising timer; record the allocator peak.
+
+    The peak is reset once before the warm-up rounds and read once after the last round (never inside
+    `fn`, which would add a synchronize to what is timed), so it is the largest any round reached:
+    parameters, gradients, optimizer state and the step's own activations.
+    """
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    # pytest-benchmark's runner binds the fixture's timer when each round starts, so this covers them all.
+    benchmark._timer = sync_timer
+    result = benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds)
+    torch.cuda.synchronize()
+    benchmark.extra_info.update({
+        PEAK_KEY: torch.cuda.max_memory_allocated(),
+        "max_memory_reserved_bytes": torch.cuda.max_memory_reserved(),
+        "baseline_allocated_bytes": baseline,
+        "gpu_name": torch.cuda.get_device_name(),
+        "timer": "torch.cuda.synchronize + perf_counter",
+    })
+    return result
+
+
+def clear_grads(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        t.grad = None
