@@ -65,6 +65,8 @@ def _bar_axes(n: int, width: float = 7.0) -> tuple[plt.Figure, plt.Axes]:
 
 
 def _legend(ax: plt.Axes) -> None:
+    if not ax.get_legend_handles_labels()[0]:
+        return  # e.g. a memory plot in which no row has a CPU- or GPU-labelled bar
     # Outside the axes: inside, it hides the bars of the last rows.
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
