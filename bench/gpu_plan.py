@@ -1,0 +1,115 @@
+"""What bench.gpu_check runs, part by part, with its time budget: on a GPU and in a CPU dry run.
+
+Budgets are seconds at the default total (--budget scales them all). Unused time rolls over: part i
+must end by start + scale * (budget_1 + ... + budget_i), so a quick part leaves more to the next one,
+and a slow one can only eat its own share. A part whose time has run out is skipped with a note; a
+cell is not started unless `min_start_s` remain (a half-timed cell is worth less than a recorded skip).
+
+Order is what the issue needs most first: the headline (paper size, bf16) and the variants that test
+its targets, then the estimator, single switches, and the seed's fp16 last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.design import Cell, expand
+from models import Variant
+
+# The budgets below add up to 480 s on a GPU: 8 minutes on one H100.
+
+
+@dataclass(frozen=True)
+class CellPart:
+    """A group of cells run like bench.run --matrix: one subprocess each, one result file."""
+
+    name: str
+    budget_s: float
+    size: str
+    batch: int
+    precision: str
+    cells: tuple[Cell, ...]
+    timing: dict[str, Any]
+    cell_timeout_s: float
+    min_start_s: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    dry_run: bool
+    device: str
+    probe_budget_s: float     # env, copy bandwidth, matmul, supports() (one child process)
+    kernels_budget_s: float   # kernels.bench cases (the same child, after the probe)
+    estimate_budget_s: float  # FakeTensorMode, in gpu_check's own process (CPU only)
+    report_budget_s: float
+    cell_parts: tuple[CellPart, ...] = field(default_factory=tuple)
+    threads: int = 0
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.budgets().values())
+
+    def part_names(self) -> list[str]:
+        names = [p.name for p in self.cell_parts]
+        # The fixed parts sit where their data is needed: probe first, estimate after the targets.
+        return ["probe", "kernels", *names[:2], "estimate", *names[2:], "report"]
+
+    def budgets(self) -> dict[str, float]:
+        fixed = {"probe": self.probe_budget_s, "kernels": self.kernels_budget_s,
+                 "estimate": self.estimate_budget_s, "report": self.report_budget_s}
+        parts = {p.name: p.budget_s for p in self.cell_parts}
+        return {name: fixed.get(name, parts.get(name, 0.0)) for name in self.part_names()}
+
+
+def target_variants(dry_run: bool) -> list[Variant]:
+    """Paper-size candidates for the issue's targets, each keeping a position signal (RoPE or the cached
+    bias table): the fastest (fused kernels), the leanest (plus checkpointing), and one that keeps
+    CT-CLIP's learned bias through the memory-efficient kernel."""
+    fast = Variant.modern().replace(position="rope", norm="rmsnorm_triton", mlp="swiglu_triton")
+    if dry_run:  # the interpreter would spend seconds per Triton call: same structure, eager norm/MLP
+        return [Variant.modern().replace(position="rope", precision="bf16")]
+    return [v.replace(precision="bf16") for v in (
+        fast, fast.replace(checkpointing=True),
+        Variant.modern().replace(attention="sdpa_efficient", position="cpb_table"),
+    )]
+
+
+def _cells(design: str, precision: str, keep: "set[str] | None" = None) -> tuple[Cell, ...]:
+    cells = expand(design, precision=precision)
+    if keep is not None:
+        cells = [c for c in cells if c.baseline or c.key in keep]
+    return tuple(cells)
+
+
+def make_plan(dry_run: bool) -> Plan:
+    if dry_run:
+        quick = {"warmup": 1, "warmup_time_s": 0.0, "repeats": 2, "min_time_s": 0.0, "attempts": 1}
+        modern = Variant.modern()
+        parts = (
+            CellPart("paper-bf16", 40, "tiny", 2, "bf16", _cells("paper", "bf16"), quick, 60, 3),
+            CellPart("targets", 10, "tiny", 2, "bf16",
+                     tuple(Cell(v, "targets") for v in target_variants(True)), quick, 60, 3),
+            # A subset so CI stays quick: the baseline, one spawned switch, and two that a CPU without
+            # the MiniLM package records unsupported without a spawn (as the GPU machine lacks it).
+            CellPart("ofat-tiny", 20, "tiny", 2, "bf16",
+                     _cells("ofat", "bf16", {"norm=rmsnorm,prec=bf16", "attn=flex,prec=bf16",
+                                             "text=minilm,prec=bf16"}), quick, 60, 3),
+            CellPart("paper-fp16", 10, "tiny", 2, "fp16",
+                     (Cell(modern.replace(precision="fp16"), "paper"),), quick, 60, 3),
+        )
+        return Plan(True, "cpu", probe_budget_s=15, kernels_budget_s=10,
+                    estimate_budget_s=10, report_budget_s=15, cell_parts=parts, threads=1)
+    headline = {"warmup": 3, "warmup_time_s": 0.0, "repeats": 10, "min_time_s": 0.0, "attempts": 1}
+    short = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 5, "min_time_s": 0.0, "attempts": 1}
+    parts = (
+        # ~1-2 s per paper-size step; 3 + 2 x 10 + 2 steps and ~10 s of process start and build per cell.
+        CellPart("paper-bf16", 125, "paper", 4, "bf16", _cells("paper", "bf16"), headline, 120, 20),
+        CellPart("targets", 60, "paper", 4, "bf16",
+                 tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 15),
+        # ~21 cells, ~10 s each, mostly process start: whatever does not fit is skipped with a note.
+        CellPart("ofat-small", 120, "small", 2, "bf16", _cells("ofat", "bf16"), short, 60, 8),
+        CellPart("paper-fp16", 65, "paper", 4, "fp16", _cells("paper", "fp16"), short, 90, 15),
+    )
+    return Plan(False, "cuda", probe_budget_s=25, kernels_budget_s=45,
+                estimate_budget_s=30, report_budget_s=10, cell_parts=parts, threads=0)

@@ -1,0 +1,230 @@
+"""The summary bench.gpu_check prints and writes (summary.md, summary.json), from the files it wrote.
+
+Every ratio is value / baseline measured in the same run on the same device. Memory is the CUDA
+allocator peak (`gpu_allocated_peak_bytes`); in a CPU dry run, where there is none, it is the
+accounted bytes (parameters + gradients + optimizer state + saved activations) and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import store
+from bench.gpu_plan import Plan
+from bench.result import Result
+from models import Variant
+
+GIB = 2**30
+# The seed's README (batch 16, fp16 AMP, device-wide memory): FA+SwiGLU+RMSNorm+SigLIP against
+# SA+GEGLU+LN+SigLIP: 90.95 / 118.98 GB memory, 1234.89 / 1311.98 ms per step (it claims 1.06x faster).
+SEED_MEMORY_RATIO = 0.764
+SEED_TIME_RATIO = 0.94
+TARGET_FAST_TIME, TARGET_FAST_MFU = 0.5, 0.40
+TARGET_LEAN_MEMORY, TARGET_LEAN_TIME = 0.3, 1.0
+
+
+def memory_of(r: Result) -> tuple[int | None, str]:
+    m = r.memory
+    if m.gpu_allocated_peak_bytes is not None:
+        return m.gpu_allocated_peak_bytes, "allocator peak"
+    parts = (m.param_bytes, m.grad_bytes, m.optimizer_state_bytes, m.saved_activations_bytes)
+    if all(p is not None for p in parts):
+        return sum(parts), "accounted (no GPU)"
+    return None, ""
+
+
+def step_of(r: Result) -> float | None:
+    return r.stages["step"].median if r.status == "ok" and "step" in r.stages else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}x"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f} %"
+
+
+def _gib(v: int | None) -> str:
+    return "n/a" if v is None else f"{v / GIB:.3f}"
+
+
+def _read(path: Path) -> list[Result]:
+    if not path.exists():
+        return []
+    latest: dict[str, Result] = {}
+    for r in store.read(path).results:
+        latest[r.cell_key] = r
+    return list(latest.values())
+
+
+def row(r: Result, base: Result | None) -> dict[str, Any]:
+    mem, mem_kind = memory_of(r)
+    base_mem = memory_of(base)[0] if base else None
+    return {"variant": r.variant_key, "status": r.status, "reason": r.reason or (r.message or "").split("\n")[0][:160],
+            "step_s": step_of(r), "memory_bytes": mem, "memory_kind": mem_kind,
+            "time_ratio": _ratio(step_of(r), step_of(base) if base else None),
+            "memory_ratio": _ratio(mem, base_mem), "tflops_per_s": r.tflops_per_s, "mfu": r.mfu,
+            "position": r.variant.get("position")}
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| variant | status | step ms | memory GiB | time x | memory x | TFLOP/s | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        if d["status"] != "ok":
+            lines.append(f"| {d['variant']} | {d['status']}: {d['reason']} | | | | | | |")
+            continue
+        tf = "n/a" if d["tflops_per_s"] is None else f"{d['tflops_per_s']:.3g}"
+        lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {_gib(d['memory_bytes'])} | "
+                     f"{_x(d['time_ratio'])} | {_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} |")
+    return lines
+
+
+def _baseline(results: list[Result]) -> Result | None:
+    return next((r for r in results if r.baseline and r.status == "ok"), None)
+
+
+def paper_section(results: list[Result], precision: str, size: str) -> tuple[list[str], dict[str, Any]]:
+    base = _baseline(results)
+    rows = [row(r, base) for r in results]
+    by_key = {d["variant"]: d for d in rows}
+    modern = by_key.get(Variant.modern().replace(precision=precision).key)
+    faithful = by_key.get(Variant.faithful().replace(precision=precision).key)
+    lines = [f"## Paper design, {size} size, {precision}", ""] + _table(rows) + [""]
+    head: dict[str, Any] = {"precision": precision, "rows": rows}
+    if modern and faithful and modern["status"] == faithful["status"] == "ok":
+        head.update(memory_ratio=_ratio(modern["memory_bytes"], faithful["memory_bytes"]),
+                    time_ratio=_ratio(modern["step_s"], faithful["step_s"]),
+                    mfu_faithful=faithful["mfu"], mfu_modern=modern["mfu"])
+        lines += [f"**Modern (FA + SwiGLU + RMSNorm + SigLIP) against faithful (SA + GEGLU + LN + softmax), "
+                  f"measured in this run:** memory {_x(head['memory_ratio'])} ({modern['memory_kind']}), "
+                  f"step time {_x(head['time_ratio'])}. The seed published {SEED_MEMORY_RATIO}x memory and "
+                  f"{SEED_TIME_RATIO}x step time (\"1.06x faster\"; batch 16, fp16 AMP, device-wide memory).",
+                  f"MFU: faithful {_pct(faithful['mfu'])}, modern {_pct(modern['mfu'])}.", ""]
+    else:
+        lines += ["Modern against faithful: not both measured in this run.", ""]
+    return lines, head
+
+
+def targets_section(targets: list[Result], paper: list[Result]) -> tuple[list[str], dict[str, Any]]:
+    base = _baseline(paper)
+    rows = [row(r, base) for r in targets]
+    lines = ["## Target candidates (keep a position signal), against the paper-size bf16 faithful baseline", ""]
+    lines += _table(rows) + [""]
+    ok = [d for d in rows + [row(r, base) for r in paper]
+          if d["status"] == "ok" and d["position"] in ("cpb_table", "rope") and d["time_ratio"] is not None]
+    out: dict[str, Any] = {"rows": rows}
+    if not ok:
+        return lines + ["No candidate with a position signal was measured against the baseline.", ""], out
+    fast = min(ok, key=lambda d: d["time_ratio"])
+    lean_pool = [d for d in ok if d["memory_ratio"] is not None and d["time_ratio"] <= TARGET_LEAN_TIME]
+    fast_ok = fast["time_ratio"] <= TARGET_FAST_TIME and (fast["mfu"] or 0) >= TARGET_FAST_MFU
+    out["fastest"] = dict(fast, reached=fast_ok)
+    lines.append(f"- Fastest: {fast['variant']}: {_x(fast['time_ratio'])} step time, MFU {_pct(fast['mfu'])} "
+                 f"(target <= {TARGET_FAST_TIME}x with MFU >= {TARGET_FAST_MFU:.0%}): "
+                 f"{'reached' if fast_ok else 'not reached'}.")
+    if lean_pool:
+        lean = min(lean_pool, key=lambda d: d["memory_ratio"])
+        lean_ok = lean["memory_ratio"] <= TARGET_LEAN_MEMORY
+        out["leanest"] = dict(lean, reached=lean_ok)
+        lines.append(f"- Leanest with step time <= {TARGET_LEAN_TIME}x: {lean['variant']}: "
+                     f"{_x(lean['memory_ratio'])} memory, {_x(lean['time_ratio'])} time "
+                     f"(target <= {TARGET_LEAN_MEMORY}x): {'reached' if lean_ok else 'not reached'}.")
+    else:
+        lines.append(f"- Leanest: no candidate kept its step time within {TARGET_LEAN_TIME}x.")
+    return lines + [""], out
+
+
+def ofat_section(results: list[Result], size: str) -> tuple[list[str], list[dict[str, Any]]]:
+    base = _baseline(results)
+    rows = [row(r, base) for r in results]
+    lines = [f"## Single switches (ofat), {size} size, against the faithful baseline", ""] + _table(rows) + [""]
+    return lines, rows
+
+
+def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list[dict[str, Any]]]:
+    estimates = {(r.size, r.batch, r.variant_key): r for path in sorted((out / "results").glob("estimate-*.jsonl"))
+                 for r in _read(path) if r.status == "ok"}
+    rows = []
+    for r in measured:
+        e = estimates.get((r.size, r.batch, r.variant_key))
+        if r.status != "ok" or e is None:
+            continue
+        predicted, peak = e.memory.predicted_peak_bytes, r.memory.gpu_allocated_peak_bytes
+        saved_pred, saved_meas = e.memory.saved_activations_bytes, r.memory.saved_activations_bytes
+        rows.append({"variant": r.variant_key, "size": r.size, "batch": r.batch, "predicted_peak_bytes": predicted,
+                     "measured_peak_bytes": peak, "peak_error": _ratio(predicted, peak) - 1 if peak else None,
+                     "saved_error": _ratio(saved_pred, saved_meas) - 1 if saved_meas else None})
+    lines = ["## Estimator (bench.estimate, FakeTensorMode) against measurement", "",
+             "| variant | size | predicted peak GiB | measured peak GiB | peak error | saved-activations error |",
+             "|---|---|---|---|---|---|"]
+    for d in rows:
+        lines.append(f"| {d['variant']} | {d['size']} b{d['batch']} | {_gib(d['predicted_peak_bytes'])} | "
+                     f"{_gib(d['measured_peak_bytes'])} | {_pct(d['peak_error'])} | {_pct(d['saved_error'])} |")
+    if not rows:
+        lines.append("| (no cell has both an estimate and a measurement) | | | | | |")
+    errors = [abs(d["peak_error"]) for d in rows if d["peak_error"] is not None]
+    if errors:
+        lines += ["", f"Peak error: median {sorted(errors)[len(errors) // 2] * 100:.1f} %, "
+                      f"worst {max(errors) * 100:.1f} % over {len(errors)} cells (predicted / measured - 1)."]
+    else:
+        lines += ["", "No GPU peak measured here, so the estimator's peak error is not known from this run; "
+                      "the saved-activations column compares it with the cells' own accounting."]
+    return lines + [""], rows
+
+
+def environment_section(out: Path, plan: Plan) -> tuple[list[str], dict[str, Any]]:
+    env = json.loads((out / "probe" / "env.json").read_text()) if (out / "probe" / "env.json").exists() else {}
+    micro = json.loads((out / "probe" / "micro.json").read_text()) if (out / "probe" / "micro.json").exists() else {}
+    dev, e, git = env.get("device", {}), env.get("env", {}), env.get("git", {})
+    pk = e.get("packages", {})
+    lines = ["## Environment", "",
+             f"- device: {dev.get('name', 'unknown')} ({dev.get('type', '?')}), driver {e.get('driver')}, "
+             f"CUDA {e.get('cuda')}, torch {e.get('torch')}, triton {pk.get('triton')}, "
+             f"transformers {pk.get('transformers')}, python {e.get('python')}",
+             f"- git {git.get('sha')} (dirty: {git.get('dirty')}); clocks at start: {env.get('clocks')}"]
+    if micro:
+        peak = micro.get("peak")
+        frac = f" ({_pct(micro['matmul_fraction_of_peak'])} of {peak['entry']} {peak['tflops']} TFLOP/s)" if peak else ""
+        lines.append(f"- copy bandwidth {micro['copy_gbps']:.0f} GB/s ({micro['copy_bytes'] / GIB:.3g} GiB tensor, "
+                     f"bytes read + written); {micro['matmul_dtype']} matmul {micro['matmul_n']}^3: "
+                     f"{micro['matmul_tflops']:.1f} TFLOP/s{frac}; timer {micro.get('timer')}")
+    return lines + [""], {"device": dev, "env": e, "git": git, "micro": micro}
+
+
+def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, dict[str, Any]]:
+    title = "CPU dry run (tiny size; not GPU figures)" if plan.dry_run else "GPU check"
+    env_lines, env = environment_section(out, plan)
+    lines = [f"# bench.gpu_check: {title}", "", f"Finished in {total_s:.0f} s of a {plan.total_s:.0f} s plan.",
+             ""] + env_lines
+    data: dict[str, Any] = {"dry_run": plan.dry_run, "elapsed_s": total_s, "environment": env}
+    measured: list[Result] = []
+    by_name = {p.name: _read(out / "results" / f"{p.name}.jsonl") for p in plan.cell_parts}
+    for part in plan.cell_parts:
+        results = by_name[part.name]
+        measured += results
+        if part.name.startswith("paper"):
+            section, data[part.name] = paper_section(results, part.precision, part.size)
+        elif part.name == "targets":
+            section, data["targets"] = targets_section(results, by_name.get("paper-bf16", []))
+        else:
+            section, data[part.name] = ofat_section(results, part.size)
+        lines += section
+    section, data["estimate"] = estimate_section(out, measured)
+    lines += section
+    kernels = out / "probe" / "kernels" / "table.md"
+    lines += ["## Triton kernels (kernels.bench; median ms and % of the measured copy bandwidth)", "",
+              kernels.read_text().strip() if kernels.exists() else "(not run)", ""]
+    lines += ["## Parts", "", "| part | budget s | elapsed s | status | notes |", "|---|---|---|---|---|"]
+    for p in parts:
+        lines.append(f"| {p.name} | {p.budget_s:.0f} | {p.elapsed_s:.0f} | {p.status} | {'; '.join(p.notes)} |")
+    data["parts"] = [asdict(p) for p in parts]
+    return "\n".join(lines) + "\n", data
