@@ -82,6 +82,13 @@ def _cells(design: str, precision: str, keep: "set[str] | None" = None) -> tuple
     return tuple(cells)
 
 
+def _headline_first(cells: tuple[Cell, ...]) -> tuple[Cell, ...]:
+    """The baseline, then Variant.modern() (the seed's all-on row), then the rest in design order."""
+    modern = Variant.modern().key.split(",prec=")[0]
+    first = [c for c in cells if c.baseline] + [c for c in cells if c.key.split(",prec=")[0] == modern]
+    return tuple(first + [c for c in cells if c not in first])
+
+
 def make_plan(dry_run: bool) -> Plan:
     if dry_run:
         quick = {"warmup": 1, "warmup_time_s": 0.0, "repeats": 2, "min_time_s": 0.0, "attempts": 1}
@@ -100,16 +107,17 @@ def make_plan(dry_run: bool) -> Plan:
         )
         return Plan(True, "cpu", probe_budget_s=15, kernels_budget_s=10,
                     estimate_budget_s=10, report_budget_s=15, cell_parts=parts, threads=1)
-    headline = {"warmup": 3, "warmup_time_s": 0.0, "repeats": 10, "min_time_s": 0.0, "attempts": 1}
-    short = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 5, "min_time_s": 0.0, "attempts": 1}
+    headline = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 6, "min_time_s": 0.0, "attempts": 1}
+    short = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 4, "min_time_s": 0.0, "attempts": 1}
     parts = (
-        # ~1-2 s per paper-size step; 3 + 2 x 10 + 2 steps and ~10 s of process start and build per cell.
-        CellPart("paper-bf16", 125, "paper", 4, "bf16", _cells("paper", "bf16"), headline, 120, 20),
+        # ~1-2 s per paper-size step: 1 + 2 + 2 x 6 + 1 steps and ~10 s of process start and build per
+        # cell. The two rows the headline compares go first, in case the budget ends the part early.
+        CellPart("paper-bf16", 140, "paper", 4, "bf16", _headline_first(_cells("paper", "bf16")), headline, 120, 30),
         CellPart("targets", 60, "paper", 4, "bf16",
-                 tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 15),
+                 tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 25),
         # ~21 cells, ~10 s each, mostly process start: whatever does not fit is skipped with a note.
-        CellPart("ofat-small", 120, "small", 2, "bf16", _cells("ofat", "bf16"), short, 60, 8),
-        CellPart("paper-fp16", 65, "paper", 4, "fp16", _cells("paper", "fp16"), short, 90, 15),
+        CellPart("ofat-small", 110, "small", 2, "bf16", _cells("ofat", "bf16"), short, 60, 12),
+        CellPart("paper-fp16", 75, "paper", 4, "fp16", _headline_first(_cells("paper", "fp16")), short, 90, 25),
     )
-    return Plan(False, "cuda", probe_budget_s=25, kernels_budget_s=45,
-                estimate_budget_s=30, report_budget_s=10, cell_parts=parts, threads=0)
+    return Plan(False, "cuda", probe_budget_s=20, kernels_budget_s=40,
+                estimate_budget_s=25, report_budget_s=10, cell_parts=parts, threads=0)

@@ -44,6 +44,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _error(predicted: float | None, measured: float | None) -> float | None:
+    ratio = _ratio(predicted, measured)
+    return None if ratio is None else ratio - 1
+
+
 def _x(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}x"
 
@@ -161,8 +166,8 @@ def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list
         predicted, peak = e.memory.predicted_peak_bytes, r.memory.gpu_allocated_peak_bytes
         saved_pred, saved_meas = e.memory.saved_activations_bytes, r.memory.saved_activations_bytes
         rows.append({"variant": r.variant_key, "size": r.size, "batch": r.batch, "predicted_peak_bytes": predicted,
-                     "measured_peak_bytes": peak, "peak_error": _ratio(predicted, peak) - 1 if peak else None,
-                     "saved_error": _ratio(saved_pred, saved_meas) - 1 if saved_meas else None})
+                     "measured_peak_bytes": peak, "peak_error": _error(predicted, peak),
+                     "saved_error": _error(saved_pred, saved_meas)})
     lines = ["## Estimator (bench.estimate, FakeTensorMode) against measurement", "",
              "| variant | size | predicted peak GiB | measured peak GiB | peak error | saved-activations error |",
              "|---|---|---|---|---|---|"]

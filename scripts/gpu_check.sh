@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one command a session with a lent GPU runs (device tool: command "bash scripts/gpu_check.sh",
 # timeout_s 600). From the repository root, without `pip install -e .`, it runs
-#   1. python3 -m bench.gpu_check --out $OUT/gpu_check     within GPU_CHECK_BUDGET s (default 400)
-#   2. python3 -m pytest -m gpu tests/perf                 within PERF_BUDGET s (default 60), benchmarks
+#   1. python3 -m bench.gpu_check --out $OUT/gpu_check     within GPU_CHECK_BUDGET s (default 420)
+#   2. python3 -m pytest -m gpu tests/perf                 within PERF_BUDGET s (default 75), benchmarks
 #      enabled and their JSON saved (the perf gate's first baseline for this GPU model)
-#   3. python3 -m pytest -m gpu tests -q -x (the rest)     within PYTEST_BUDGET s (default 100)
+#   3. python3 -m pytest -m gpu tests -q -x (the rest)     within PYTEST_BUDGET s (default 70)
 # and tees every log under $OUT (./results/gpu_check_out when $OUT is unset). Afterwards copy
 # $OUT/gpu_check/ to reports/gpu/<gpu-name>/ and commit it (see docs/perf-gate.md).
 #
@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 OUT_DIR="${OUT:-$PWD/results/gpu_check_out}"
-GPU_CHECK_BUDGET="${GPU_CHECK_BUDGET:-400}"
-PERF_BUDGET="${PERF_BUDGET:-60}"
-PYTEST_BUDGET="${PYTEST_BUDGET:-100}"
+GPU_CHECK_BUDGET="${GPU_CHECK_BUDGET:-420}"
+PERF_BUDGET="${PERF_BUDGET:-75}"
+PYTEST_BUDGET="${PYTEST_BUDGET:-70}"
 DRY=()
 if [ "${DRY_RUN:-0}" = 1 ]; then DRY=(--dry-run); fi
 mkdir -p "$OUT_DIR"
