@@ -78,9 +78,13 @@ def base_result(spec: CellSpec, status: str, **extra: Any) -> Result:
     """A row for `spec` with the identity fields filled in; used by the child and by the parent."""
     variant = spec.variant_obj
     settings = dict(spec.timing, timeout_s=spec.timeout_s, seed=spec.seed, threads=spec.threads)
+    # Every row of a sweep, run or not, names the same thread count, so reports group them together
+    # (the parent's own count is torch's default, which a cell only keeps when spec.threads is 0).
+    device = dict(spec.host_device)
+    device["torch_threads"] = spec.threads or device.get("torch_threads") or torch.get_num_threads()
     return Result(
         cell_key=spec.key, variant_key=variant.key, variant=variant.as_dict(), size=spec.size,
-        size_config=get_size(spec.size).as_dict(), batch=spec.batch, device=dict(spec.host_device),
+        size_config=get_size(spec.size).as_dict(), batch=spec.batch, device=device,
         status=status, design=spec.design, baseline=spec.baseline, precision=variant.precision,
         settings=settings, git=dict(spec.git), env_fingerprint=spec.env_fingerprint, timestamp=now(), **extra,
     )

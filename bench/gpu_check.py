@@ -257,9 +257,6 @@ def main(argv: list[str] | None = None) -> int:
     scale = (args.budget or plan.total_s) / plan.total_s
     device = torch.device(plan.device)
     host = host_device_info(device)  # NVML on a GPU: this process creates no CUDA context
-    # Rows made here (unsupported, timeout) must carry the cells' thread count, or reports would put
-    # them in a device group of their own: a cell keeps torch's default when plan.threads is 0.
-    host["torch_threads"] = plan.threads or torch.get_num_threads()
     out = args.out or (REPO_ROOT / "results" / "gpu_check-dry-run" if args.dry_run
                        else REPO_ROOT / "reports" / "gpu" / slug(host.get("name", "gpu")))
     out.mkdir(parents=True, exist_ok=True)
