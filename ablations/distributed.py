@@ -140,11 +140,37 @@ def contrastive_loss(loss_name: str, text: torch.Tensor, image: torch.Tensor, te
 
 class Towers(torch.nn.Module):
     """The two encoders as one module whose forward returns (text_latents, image_latents): what DDP
-    wraps, so its gradient hooks see every parameter while the loss is computed outside, across ranks."""
+    wraps, so its gradient hooks see every parameter while the loss is computed outside, across ranks.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    `frozen_text`: the text tower is locked (LiT-style, `TrainConfig.text_lr_scale = 0`), so its [CLS]
+    state for a given token sequence never changes; it is computed once per distinct report, in eval
+    mode (no dropout: a locked tower is used as it will be at zero-shot time), and only the text
+    projection trains. This mirrors `CTCLIP.encode_text` (hidden[:, 0] -> to_text_latent -> normalise).
+    """
+
+    def __init__(self, model: torch.nn.Module, frozen_text: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.frozen_text = frozen_text
+        self._cls: dict[bytes, torch.Tensor] = {}
+
+    def _cached_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keys = [row.tobytes() for row in input_ids.cpu().numpy()]
+        todo = sorted({i for i, k in enumerate(keys) if k not in self._cls})
+        if todo:
+            encoder = self.model.text_encoder
+            was_training = encoder.training
+            encoder.eval()
+            with torch.no_grad(), self.model.autocast():
+                hidden = encoder(input_ids=input_ids[todo], attention_mask=attention_mask[todo]).last_hidden_state
+            encoder.train(was_training)
+            for i, h in zip(todo, hidden[:, 0]):
+                self._cls[keys[i]] = h.detach()
+        cls = torch.stack([self._cls[k] for k in keys])
+        with self.model.autocast():
+            return F.normalize(self.model.to_text_latent(cls), dim=-1)
 
     def forward(self, volumes: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        return self.model.encode_text(input_ids, attention_mask), self.model.encode_image(volumes)
+        text = (self._cached_text(input_ids, attention_mask) if self.frozen_text
+                else self.model.encode_text(input_ids, attention_mask))
+        return text, self.model.encode_image(volumes)

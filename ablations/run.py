@@ -100,9 +100,10 @@ def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistCont
                 device=envs[0], data=data_info, prompts=template.as_dict(), env=envs[1], git=envs[2])
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup_steps=args.warmup_steps,
                       min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                      seed=seed, checkpoint_every=args.checkpoint_every, siglip_impl=args.siglip_impl)
+                      seed=seed, checkpoint_every=args.checkpoint_every, siglip_impl=args.siglip_impl,
+                      text_lr_scale=args.text_lr_scale)
     training = {"steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
-                "precision": variant.precision, "world_size": dist.world_size}
+                "text_lr_scale": args.text_lr_scale, "precision": variant.precision, "world_size": dist.world_size}
     reason = supports(variant, device)
     if reason:
         return AccuracyResult(status="unsupported", reason=reason, training=training, **base)
@@ -138,12 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, help="set every cell's precision: fp32 | fp16 | bf16")
     p.add_argument("--size", default="tiny", help="tiny | small | paper")
     p.add_argument("--text-max-len", type=int, default=None, help="override the size's text length")
+    p.add_argument("--size-set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="override fields of the size, e.g. text_dropout=0 codebook_size=512 (the size is renamed "
+                        "after them so its rows never mix with the preset's)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (or --seed-list)")
     p.add_argument("--seed-list", type=int, nargs="*", default=None)
     p.add_argument("--batch", type=int, default=8, help="per process")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--text-lr-scale", type=float, default=1.0,
+                   help="text tower LR as a multiple of --lr (1: one LR, the faithful recipe; 0: locked tower)")
     p.add_argument("--min-lr-ratio", type=float, default=0.01)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=0.5)
@@ -175,8 +181,10 @@ def main(argv: "list[str] | None" = None) -> int:
         size = get_size(args.size)
     except ValueError as error:
         parser.error(str(error))
-    if args.text_max_len:
-        size = size.replace(text_max_len=args.text_max_len)
+    try:
+        size = override_size(size, args.size_set, args.text_max_len)
+    except ValueError as error:
+        parser.error(str(error))
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     device = torch.device(args.device)
     dist = init_from_env(device.type)
@@ -189,8 +197,8 @@ def main(argv: "list[str] | None" = None) -> int:
     from ablations.data.labels import ABNORMALITIES
 
     try:
-        train_set = _cached(CTRateDataset(args.data, "train", size.name), size)
-        valid_set = _cached(CTRateDataset(args.data, "valid", size.name), size)
+        train_set = _cached(CTRateDataset(args.data, "train", size), size)
+        valid_set = _cached(CTRateDataset(args.data, "valid", size), size)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -237,6 +245,27 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"rows: {rows_path} (CSV {rows_path.with_suffix('.csv')}); curves: {out / 'curves'}; "
               f"checkpoints: {out / 'checkpoints'}")
     return 0
+
+
+def override_size(size, assignments: list[str], text_max_len: "int | None" = None):
+    """`size` with FIELD=VALUE overrides (typed like the field), named `tiny[text_dropout=0,...]`.
+
+    `--text-max-len` keeps the preset's name, as before: the text length is recorded in the row's
+    size_config and does not change the model's weights."""
+    if text_max_len:
+        size = size.replace(text_max_len=text_max_len)
+    if not assignments:
+        return size
+    fields = size.as_dict()
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields or key in {"name", "notes"}:
+            valid = ", ".join(k for k in fields if k not in {"name", "notes"})
+            raise ValueError(f"--size-set wants FIELD=VALUE with FIELD one of {valid}; got {item!r}")
+        changes[key] = type(fields[key])(text)
+    label = ",".join(f"{k}={v}" for k, v in changes.items())
+    return size.replace(name=f"{size.name}[{label}]", **changes)
 
 
 def _is_synthetic(root: Path) -> bool:

@@ -14,17 +14,30 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: "float | None" = None,
+                 text_lr_scale: float = 1.0) -> list[dict]:
+    """Decay / no-decay groups; with `text_lr_scale` != 1 the text tower (`model.text_encoder`, not its
+    projection) gets its own pair of groups at `lr * text_lr_scale`. A pretrained text tower keeps more
+    of what it knows at a lower LR while the randomly initialised parts move at the full one."""
+    text = {id(p) for p in model.text_encoder.parameters()} if text_lr_scale != 1.0 else set()
+    if text and lr is None:
+        raise ValueError("a text-tower LR scale needs the peak lr")
+    groups = []
+    for is_text in ((False, True) if text else (False,)):
+        decay, no_decay = [], []
+        for param in model.parameters():
+            if param.requires_grad and (id(param) in text) == is_text:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        extra = {"lr": lr * text_lr_scale} if is_text else {}
+        groups += [{"params": decay, "weight_decay": weight_decay, **extra},
+                   {"params": no_decay, "weight_decay": 0.0, **extra}]
+    return groups
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01,
-                    betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+                    betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
+                    text_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr, text_lr_scale), lr=lr, betas=betas, eps=eps)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01) -> float:

@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     siglip_impl: str = "shift"  # multi-process SigLIP: ring exchange or all_gather
+    # Text tower LR as a multiple of `lr` (its projection keeps the full LR). 1.0 is the faithful
+    # recipe (one LR for everything); < 1 protects a pretrained tower (text=minilm); 0 locks it.
+    text_lr_scale: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,11 +115,14 @@ def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[st
     resumes from it.
     """
     device = next(model.parameters()).device
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+    frozen_text = cfg.text_lr_scale == 0
+    if frozen_text:
+        model.text_encoder.requires_grad_(False)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.text_lr_scale)
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     fp16 = getattr(model, "variant", None) is not None and model.variant.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    towers: torch.nn.Module = Towers(model)
+    towers: torch.nn.Module = Towers(model, frozen_text)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
