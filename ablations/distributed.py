@@ -162,9 +162,9 @@ class Towers(torch.nn.Module):
             was_training = encoder.training
             encoder.eval()
             with torch.no_grad(), self.model.autocast():
-                hidden = encoder(input_ids=input_ids[todo], attention_mask=attention_mask[todo]).last_hidden_state
+                out = encoder(input_ids=input_ids[todo], attention_mask=attention_mask[todo])
             encoder.train(was_training)
-            for i, h in zip(todo, hidden[:, 0]):
+            for i, h in zip(todo, out.last_hidden_state[:, 0]):
                 self._cls[keys[i]] = h.detach()
         cls = torch.stack([self._cls[k] for k in keys])
         with self.model.autocast():

@@ -103,7 +103,8 @@ def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistCont
                       seed=seed, checkpoint_every=args.checkpoint_every, siglip_impl=args.siglip_impl,
                       text_lr_scale=args.text_lr_scale)
     training = {"steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
-                "text_lr_scale": args.text_lr_scale, "precision": variant.precision, "world_size": dist.world_size}
+                "text_lr_scale": args.text_lr_scale, "precision": variant.precision,
+                "world_size": dist.world_size}
     reason = supports(variant, device)
     if reason:
         return AccuracyResult(status="unsupported", reason=reason, training=training, **base)
@@ -140,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", help="tiny | small | paper")
     p.add_argument("--text-max-len", type=int, default=None, help="override the size's text length")
     p.add_argument("--size-set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="override fields of the size, e.g. text_dropout=0 codebook_size=512 (the size is renamed "
-                        "after them so its rows never mix with the preset's)")
+                   help="override fields of the size, e.g. text_dropout=0 codebook_size=512 (the size is "
+                        "renamed after them so its rows never mix with the preset's)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (or --seed-list)")
     p.add_argument("--seed-list", type=int, nargs="*", default=None)
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-steps", type=int, default=30)
     p.add_argument("--text-lr-scale", type=float, default=1.0,
-                   help="text tower LR as a multiple of --lr (1: one LR, the faithful recipe; 0: locked tower)")
+                   help="text tower LR as a multiple of --lr (1: one LR, the faithful recipe; 0: locked)")
     p.add_argument("--min-lr-ratio", type=float, default=0.01)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=0.5)
