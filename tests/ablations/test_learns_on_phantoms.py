@@ -1,5 +1,19 @@
 """A tiny training run on generated phantoms lowers the loss and then detects a large abnormality
-zero-shot on held-out volumes (the phantoms are rendered once into pytest's cache; see conftest.py)."""
+zero-shot on held-out volumes (the phantoms are rendered once into pytest's cache; see conftest.py).
+
+What it takes at CPU scale (measured; ablations/learning-notes.md has the numbers):
+- data: with ~200-400 training volumes the model memorises them (loss 2.8 -> 1.2) and zero-shot stays
+  at chance; with ~950, 300 steps see each volume ~5 times and the image side encodes heart size and
+  effusions;
+- a pretrained text tower: a random 2-layer text tower learns the image feature too, but which prompt
+  of a pair lands nearer it is a coin flip (cardiomegaly 0.87, 0.20, 0.91, 0.17, 0.95, 0.52, 0.73 over
+  seeds 0-6), because it never learns what "no" does to a short prompt. The real MiniLM, locked
+  (text_lr_scale 0: its [CLS] computed once per report, only the projection trains), fixes the
+  direction: over seeds 0-4 the better of cardiomegaly and pleural effusion reached 0.76-0.80;
+- the `there-is` template, the phrasing the reports use ("There is right pleural effusion, ...");
+- no text dropout (CXR-BERT's 0.25 stalls a 32-wide tower; the locked tower runs in eval mode anyway)
+  and VQ off, which keeps the run short (VQ alone does not block learning, see the notes).
+"""
 
 import numpy as np
 import pytest
@@ -8,17 +22,36 @@ from ablations.train import TrainConfig, seed_everything, train
 from ablations.zeroshot import zero_shot
 from models import SIZES, Variant, build
 
-N_VOLUMES, VALID_FRACTION, DATA_SEED = 300, 0.3, 0
-# The text tower is the tiny bert-base (random init) because it is ~15x faster per step on CPU than
-# MiniLM; without dropout and VQ it learns within a few hundred steps. Reports are long (124-290
-# tokens), so the text length is raised to 160.
-SIZE = SIZES["tiny"].replace(text_max_len=160, text_dropout=0.0)
-VARIANT = Variant.faithful().replace(vq=False)
+# 1200 volumes, every 5th patient held out: 949 training and 251 held-out volumes. Rendering them
+# costs ~4 CPU-minutes once (2 workers: ~2 min); pytest's cache keeps them.
+N_VOLUMES, VALID_FRACTION, DATA_SEED = 1200, 0.2, 0
+# Reports run 90-330 tokens (median ~205): 320 covers them; the locked tower reads each report once.
+SIZE = SIZES["tiny"].replace(text_max_len=320, text_dropout=0.0)
+VARIANT = Variant.faithful().replace(vq=False, text="minilm")
+CONFIG = TrainConfig(steps=300, batch=16, lr=3e-3, warmup_steps=30, checkpoint_every=0, seed=0,
+                     text_lr_scale=0.0)
+TEMPLATE = "there-is"
 LARGE = ("Pleural effusion", "Cardiomegaly")
+# Under the null (no signal), AUROC with ~25-30 positives among 251 has a standard deviation of ~0.06,
+# so 0.7 is > 3 SD above chance; seeds 0-4 measured 0.76-0.80 for the better of the two classes.
+THRESHOLD = 0.7
+
+
+def large_aurocs(model, valid_set, tok) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    from ablations.data.labels import ABNORMALITIES
+
+    scores = zero_shot(model, valid_set, tok, ABNORMALITIES, TEMPLATE)
+    return {c: float(roc_auc_score(scores.labels[:, i], scores.probabilities[:, i]))
+            for i, c in enumerate(ABNORMALITIES)
+            if c in LARGE and 0 < scores.labels[:, i].sum() < len(valid_set)}
 
 
 @pytest.fixture(scope="module")
 def trained(phantom_tree):
+    import torch
+
     from ablations.data.ctrate import CTRateDataset
     from models.text import load_tokenizer, tokenize
 
@@ -26,36 +59,36 @@ def trained(phantom_tree):
     train_set = [s for s in CTRateDataset(phantoms, "train", size="tiny")]
     valid_set = [s for s in CTRateDataset(phantoms, "valid", size="tiny")]
     assert not {s.name for s in train_set} & {s.name for s in valid_set}
-    seed_everything(0)
-    model = build(VARIANT, SIZE)
-    tokenizer = load_tokenizer()
-    tok = lambda texts: tokenize(tokenizer, texts, SIZE.text_max_len)  # noqa: E731
-    result = train(model, train_set, tok, TrainConfig(steps=300, batch=16, lr=3e-3, warmup_steps=30,
-                                                      checkpoint_every=0, seed=0), progress=False)
-    return model, result, valid_set, tok
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    try:
+        seed_everything(0)
+        model = build(VARIANT, SIZE)
+        tokenizer = load_tokenizer()
+        tok = lambda texts: tokenize(tokenizer, texts, SIZE.text_max_len)  # noqa: E731
+        untrained = large_aurocs(model, valid_set, tok)
+        result = train(model, train_set, tok, CONFIG, progress=False)
+        trained_aurocs = large_aurocs(model, valid_set, tok)
+    finally:
+        torch.set_num_threads(threads)
+    return result, untrained, trained_aurocs, len(valid_set)
 
 
 @pytest.mark.slow
 def test_tiny_run_lowers_the_loss(trained):
-    losses = [c["loss"] for c in trained[1].loss_curve]
-    # ln(16) = 2.77 is chance for a batch of 16; seen: 2.79 -> ~1.4 over 300 steps.
-    assert np.mean(losses[-30:]) < np.mean(losses[:30]) - 0.8, "the contrastive loss did not fall"
+    losses = [c["loss"] for c in trained[0].loss_curve]
+    # ln(16) = 2.77 is chance for a batch of 16; seen: 2.78 -> 1.41-1.50 over seeds 0-4.
+    assert np.mean(losses[-30:]) < np.mean(losses[:30]) - 0.5, "the contrastive loss did not fall"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "not met yet: after 300-450 steps the tiny model memorises its ~200 training reports (loss 2.8 -> 0.9) "
-    "but zero-shot AUROC on 105 held-out phantoms stays near chance (cardiomegaly 0.55, pleural effusion "
-    "0.49); a linear probe on the same pooled voxels reaches 0.77-0.97, so the limit is the text side "
-    "(random tiny BERT never sees the prompt wording) and the data size, not the images"))
 def test_tiny_run_detects_a_large_abnormality_zero_shot(trained):
-    from sklearn.metrics import roc_auc_score
-
-    from ablations.data.labels import ABNORMALITIES
-
-    model, _, valid_set, tok = trained
-    scores = zero_shot(model, valid_set, tok, ABNORMALITIES, "present")
-    aurocs = {c: roc_auc_score(scores.labels[:, i], scores.probabilities[:, i])
-              for i, c in enumerate(ABNORMALITIES) if c in LARGE and 0 < scores.labels[:, i].sum() < len(valid_set)}
-    print("held-out AUROC:", {c: round(v, 3) for c, v in aurocs.items()}, "n =", len(valid_set))
-    assert max(aurocs.values()) > 0.7, f"no large abnormality detected above chance: {aurocs}"
+    _, untrained, aurocs, n = trained
+    print("held-out AUROC before:", {c: round(v, 3) for c, v in untrained.items()},
+          "after:", {c: round(v, 3) for c, v in aurocs.items()}, "n =", n)
+    detected = [c for c, v in aurocs.items() if v > THRESHOLD]
+    assert detected, f"no large abnormality detected above chance: {aurocs}"
+    # Control: the training did it, not the pretrained text tower with a random image tower (which
+    # scored 0.43-0.69 on these classes before training).
+    gain = max(aurocs[c] - untrained[c] for c in detected)
+    assert gain > 0.1, f"no gain over the untrained model: {untrained}"
