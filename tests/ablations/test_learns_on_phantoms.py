@@ -7,9 +7,9 @@ What it takes at CPU scale (measured; ablations/learning-notes.md has the number
   effusions;
 - a pretrained text tower: a random 2-layer text tower learns the image feature too, but which prompt
   of a pair lands nearer it is a coin flip (cardiomegaly 0.87, 0.20, 0.91, 0.17, 0.95, 0.52, 0.73 over
-  seeds 0-6, `present`), because it never learns what "not" / "no" does to a short prompt. The real MiniLM, locked
-  (text_lr_scale 0: its [CLS] computed once per report, only the projection trains), fixes the
-  direction: over seeds 0-4 the better of cardiomegaly and pleural effusion reached 0.76-0.80;
+  seeds 0-6, `present`), because it never learns what "not" / "no" does to a short prompt. The real
+  MiniLM, locked (text_lr_scale 0: its [CLS] computed once per report, only the projection trains),
+  fixes the direction: over seeds 0-4 the better of cardiomegaly and pleural effusion reached 0.76-0.80;
 - the `there-is` template, the phrasing the reports use ("There is right pleural effusion, ...");
 - no text dropout (CXR-BERT's 0.25 stalls a 32-wide tower; the locked tower runs in eval mode anyway)
   and VQ off, which keeps the run short (VQ alone does not block learning, see the notes).
