@@ -36,20 +36,14 @@ from ablations.result import AccuracyResult, accuracy_cell_key, append_row, read
 from ablations.summary import format_summary, seed_summary
 from ablations.train import Diverged, TrainConfig, seed_everything, train
 from ablations.variants import CellSpec, cells_from_args
+from bench.environment import device_info, environment, git_info
 
 CACHE_LIMIT_BYTES = 4 * 2**30  # hold a split in memory (decoded once for all variants and seeds) below this
 
 
 def _environment(device: torch.device) -> tuple[dict, dict, dict]:
-    try:  # the bench's recorder when present, so both kinds of rows describe machines alike
-        from bench.environment import device_info, environment, git_info
-
-        return device_info(device), environment(device), git_info()
-    except Exception:
-        import platform
-
-        return ({"type": device.type, "name": platform.processor() or device.type, "count": torch.get_num_threads()},
-                {"python": platform.python_version(), "torch": torch.__version__}, {"sha": None, "dirty": None})
+    # The bench's recorder, so both kinds of rows describe machines alike.
+    return device_info(device), environment(device), git_info()
 
 
 def _cached(dataset, size) -> Any:

@@ -9,11 +9,13 @@ the figures are right whatever `--benchmark-timer` says (passing
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Any, Callable
 
 import torch
+
+from bench.memory import GpuMemoryProbe
+from bench.result import Memory
 
 # Modest counts: the GPU suite has to fit in a couple of minutes on one H100, beside bench.gpu_check.
 GPU_WARMUP_ROUNDS = 3
@@ -40,19 +42,17 @@ def measure_cuda(benchmark: Any, fn: Callable[[], Any], setup: Callable[[], Any]
     `fn`, which would add a synchronize to what is timed), so it is the largest any round reached:
     parameters, gradients, optimizer state and the step's own activations.
     """
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated()
+    memory = Memory()
+    probe = GpuMemoryProbe(torch.device("cuda"))
+    probe.start()  # gc, empty_cache, synchronize, reset the peak, record the baseline: as bench cells do
     # pytest-benchmark's runner binds the fixture's timer when each round starts, so this covers them all.
     benchmark._timer = sync_timer
     result = benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds)
-    torch.cuda.synchronize()
+    probe.finish(memory)
     benchmark.extra_info.update({
-        PEAK_KEY: torch.cuda.max_memory_allocated(),
-        "max_memory_reserved_bytes": torch.cuda.max_memory_reserved(),
-        "baseline_allocated_bytes": baseline,
+        PEAK_KEY: memory.gpu_allocated_peak_bytes,
+        "max_memory_reserved_bytes": memory.gpu_reserved_peak_bytes,
+        "baseline_allocated_bytes": memory.gpu_allocated_baseline_bytes,
         "gpu_name": torch.cuda.get_device_name(),
         "timer": "torch.cuda.synchronize + perf_counter",
     })
