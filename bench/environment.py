@@ -37,6 +37,10 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    # A GPU machine gets a copy of the working tree, maybe without .git: the sender names the commit.
+    sent = os.environ.get("CTCLIP_GIT_SHA")
+    if sent:
+        return {"sha": sent, "dirty": None, "source": "CTCLIP_GIT_SHA"}
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"sha": sha, "dirty": None if status is None else bool(status)}
