@@ -84,7 +84,7 @@ class Memory:
                                parameters excluded (a saved_tensors_hooks counter)
       param_bytes, grad_bytes, optimizer_state_bytes   after one optimizer step
       largest_transient_bytes  the largest single op output seen during the step (estimates)
-      predicted_peak_bytes     params + grads + optimizer state + saved activations + largest transient
+      predicted_peak_bytes     most bytes live at once over one step (bench.allocations), resident state included
     CPU process (measured on a CPU; these are NOT GPU figures):
       cpu_rss_baseline_bytes   resident set size before the model was built
       cpu_peak_rss_bytes       peak resident set size of the cell's process (getrusage ru_maxrss)

@@ -309,8 +309,8 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
     )
     notes = [
         (
-            f"Measured peak is the {kinds}; predicted peak = params + grads + optimizer state + saved "
-            "activations + largest transient, from one step on fake tensors."
+            f"Measured peak is the {kinds}; predicted peak = the most bytes live at once during one "
+            "step on fake tensors (bench.allocations), weights, optimizer state and batch included."
         )
     ]
     return Table(
