@@ -16,11 +16,12 @@ from models.position import POSITIONS
 from models.registry import Registry
 from models.text import TEXT_TOWERS
 from models.variant import Size, Variant, get_size
+from models.vq import VQ_IMPLS
 
 # Axes whose every value is a registered backend with its own `supports`.
 AXIS_REGISTRIES: dict[str, Registry] = {
     "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
-    "loss": LOSSES, "text": TEXT_TOWERS,
+    "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS,
 }
 
 

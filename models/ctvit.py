@@ -19,7 +19,7 @@ from torch import nn
 from models.position import POSITIONS
 from models.transformer import Transformer
 from models.variant import Size
-from models.vq import CosineVQ
+from models.vq import VQ_IMPLS
 
 
 class PatchEmbed(nn.Module):
@@ -48,7 +48,7 @@ class CTViT(nn.Module):
         layer_args = (size.heads, size.dim_head, size.ff_inner, variant)
         self.spatial = Transformer(size.dim, size.spatial_depth, *layer_args, stage="spatial")
         self.temporal = Transformer(size.dim, size.temporal_depth, *layer_args, stage="temporal")
-        self.vq = CosineVQ(size.dim, size.codebook_size) if variant.vq else None
+        self.vq = VQ_IMPLS.get(variant.vq_impl).impl(size.dim, size.codebook_size) if variant.vq else None
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> quantised tokens (B, t, h, w, dim)."""

@@ -21,6 +21,8 @@ AXES: dict[str, tuple[Any, ...]] = {
     "loss": ("softmax", "siglip"),
     "text": ("bert-base", "minilm"),
     "vq": (True, False),
+    # How the VQ computes (models/vq.py): upstream's one-hot matrices, or the same result in slices.
+    "vq_impl": ("onehot", "chunked"),
     # How the temporal-stage PEG restores its 5-D grid. `upstream` reproduces CT-CLIP's raw reshape,
     # which (tokens laid out b,h,w,t) silently makes the conv's depth axis the image rows, its row axis
     # the columns and its column axis depth; `corrected` rearranges to the true (t, h, w) grid.
@@ -33,7 +35,7 @@ AXES: dict[str, tuple[Any, ...]] = {
 # Abbreviations used in `Variant.key`; a key must stay stable because result files are named by it.
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
-    "vq": "vq", "peg_layout": "peg", "precision": "prec", "checkpointing": "ckpt", "compile": "compile",
+    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "precision": "prec", "checkpointing": "ckpt", "compile": "compile",
 }
 
 
@@ -69,6 +71,7 @@ class Variant:
     loss: str = "softmax"
     text: str = "bert-base"
     vq: bool = True
+    vq_impl: str = "onehot"
     peg_layout: str = "upstream"
     precision: str = "fp32"
     checkpointing: bool = False

@@ -11,6 +11,11 @@ Reproduces `vector_quantize_pytorch==1.1.2` (the version upstream CT-CLIP pins) 
   exactly as upstream does (so memory and FLOPs are faithful);
 - evaluation: the output is the code with no gradient path to the encoder;
 - the commitment loss is discarded by CT-CLIP and therefore not computed.
+
+`vq_impl` picks how: `onehot` is upstream's computation above; `chunked` gives the same codes and the
+same EMA update without the (tokens x codes) matrices: distances and argmax a slice of tokens at a
+time, and the EMA's counts and sums by index_add. At paper size, batch 4, those matrices
+are 55,296 x 8,192: 1.7 GiB of fp32 distances, a 3.4 GiB int64 one-hot and its 1.7 GiB fp32 copy.
 """
 
 from __future__ import annotations
@@ -19,7 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.registry import Registry
 
+VQ_IMPLS: Registry[type] = Registry("vq_impl")
+CHUNK_TOKENS = 8192  # (8,192 x 8,192) fp32 distances: 256 MiB per slice
+
+
+def _needs_vq(variant, device: torch.device) -> "str | None":
+    return None if variant.vq else "selects how the VQ computes; this variant has vq=off"
+
+
+@VQ_IMPLS.register("onehot", doc="upstream: full distance matrix and one-hot EMA (the faithful choice)")
 class CosineVQ(nn.Module):
     def __init__(self, dim: int, codebook_size: int, decay: float = 0.8) -> None:
         super().__init__()
@@ -38,21 +53,43 @@ class CosineVQ(nn.Module):
             x = x.float()
             flat = F.normalize(x.reshape(-1, x.shape[-1]), dim=-1)
             codes = self.embed[0]
-            dist = flat @ F.normalize(codes, dim=-1).t()
-            index = dist.argmax(dim=-1)
+            # Upstream keeps its (tokens x codes) `dist` alive through the EMA update; so does `scores`.
+            index, scores = self._nearest(flat, F.normalize(codes, dim=-1))
             quantized = F.embedding(index, codes).reshape(x.shape)
             if self.training:
                 self._ema_update(flat, index, codes)
                 quantized = x + (quantized - x).detach()
             return quantized
 
+    def _nearest(self, flat: torch.Tensor, normed_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each token's code, and the similarity matrix if one was built."""
+        scores = flat @ normed_codes.t()
+        return scores.argmax(dim=-1), scores
+
+    def _counts_and_sums(self, flat: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens per code (codes,) and the sum of each code's tokens (codes, dim)."""
+        onehot = F.one_hot(index, self.codebook_size).type(flat.dtype)
+        return onehot.sum(dim=0), (flat.t() @ onehot).t()
+
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, index: torch.Tensor, codes: torch.Tensor) -> None:
-        onehot = F.one_hot(index, self.codebook_size).type(flat.dtype)
-        bins = onehot.sum(dim=0)
+        bins, embed_sum = self._counts_and_sums(flat, index)
         self.cluster_size[0].lerp_(bins, 1 - self.decay)
         empty = bins == 0
-        embed_sum = flat.t() @ onehot  # (dim, codes)
-        embed_mean = F.normalize(embed_sum.t() / bins.masked_fill(empty, 1.0)[:, None], dim=-1)
+        embed_mean = F.normalize(embed_sum / bins.masked_fill(empty, 1.0)[:, None], dim=-1)
         embed_mean = torch.where(empty[:, None], F.normalize(codes, dim=-1), embed_mean)
         self.embed[0].lerp_(embed_mean, 1 - self.decay)
+
+
+@VQ_IMPLS.register("chunked", supports=_needs_vq,
+                   doc="same codes and EMA without (tokens x codes) matrices: sliced argmax, index_add counts and sums")
+class ChunkedCosineVQ(CosineVQ):
+    def _nearest(self, flat: torch.Tensor, normed_codes: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.cat([(part @ normed_codes.t()).argmax(dim=-1) for part in flat.split(CHUNK_TOKENS)]), None
+
+    def _counts_and_sums(self, flat: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # index_add rather than bincount: bincount's length depends on the data, which fake tensors
+        # (bench.estimate) cannot know.
+        bins = flat.new_zeros(self.codebook_size).index_add_(0, index, flat.new_ones(()).expand(len(index)))
+        sums = flat.new_zeros(self.codebook_size, flat.shape[-1]).index_add_(0, index, flat)
+        return bins, sums

@@ -1,12 +1,14 @@
 """PEG, attention and VQ against independent re-statements of upstream CT-CLIP's code."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from models.attention import Attention
 from models.peg import PEG
-from models.vq import CosineVQ
+from models import vq as vq_module
+from models.vq import VQ_IMPLS, CosineVQ
 
 
 def _upstream_peg(conv, x, shape):
@@ -97,17 +99,40 @@ def _upstream_vq_step(embed, cluster_size, x, decay=0.8):
     return quantize.reshape(x.shape), embed.lerp(embed_normalized, 1 - decay), cluster_size
 
 
-def test_vq_forward_ema_update_and_straight_through_gradient():
-    vq = CosineVQ(dim=8, codebook_size=16).train()
-    x = torch.randn(2, 11, 8, requires_grad=True)
+@pytest.mark.parametrize("impl", ["onehot", "chunked"])
+def test_vq_forward_ema_update_and_straight_through_gradient(impl, monkeypatch):
+    monkeypatch.setattr(vq_module, "CHUNK_TOKENS", 5)  # 22 tokens: slices of 5, 5, 5, 5 and 2
+    vq = VQ_IMPLS.get(impl).impl(dim=8, codebook_size=16).train()
+    # Non-contiguous input; 22 tokens over 16 codes leave some codes empty (the EMA keeps those).
+    x = torch.randn(2, 8, 11).transpose(1, 2).requires_grad_()
     expected_q, expected_embed, expected_sizes = _upstream_vq_step(vq.embed[0].clone(), vq.cluster_size[0].clone(), x.detach())
     out = vq(x)
     torch.testing.assert_close(out, expected_q)
     torch.testing.assert_close(vq.embed[0], expected_embed)
     torch.testing.assert_close(vq.cluster_size[0], expected_sizes)
+    assert (expected_sizes == 0).any()
     upstream_grad = torch.randn_like(out)
     out.backward(upstream_grad)
     torch.testing.assert_close(x.grad, upstream_grad)  # straight-through: identity to the input
+
+
+def test_vq_memory_onehot_holds_upstreams_matrices_and_chunked_does_not(monkeypatch):
+    """Live bytes of one training forward (bench.allocations): upstream's fp32 scores, int64 one-hot and
+    fp32 one-hot are alive together; the chunked VQ never holds a (tokens x codes) matrix."""
+    from bench.allocations import AllocationTracker
+
+    monkeypatch.setattr(vq_module, "CHUNK_TOKENS", 256)
+    tokens, codes = 3000, 512
+    x = torch.randn(1, tokens, 8, requires_grad=True)
+    peaks = {}
+    for impl in ("onehot", "chunked"):
+        vq = VQ_IMPLS.get(impl).impl(dim=8, codebook_size=codes).train()
+        tracker = AllocationTracker(block_bytes=1)
+        with tracker:
+            vq(x)
+        peaks[impl] = tracker.peak_bytes
+    assert peaks["onehot"] >= tokens * codes * (4 + 8 + 4)
+    assert peaks["chunked"] < tokens * codes * 4 / 4
 
 
 def test_vq_eval_returns_codes_without_gradient_or_update():
