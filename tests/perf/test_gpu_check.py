@@ -108,6 +108,25 @@ def test_script_returns_within_the_device_tools_limits(dry_run_script, tmp_path)
     assert paper["git"]["sha"].startswith("0123456789abcdef")
 
 
+def test_script_keeps_to_its_total_budget_and_still_returns_what_finished(tmp_path):
+    """TOTAL_BUDGET=40: bench.gpu_check is given only what is left of it after the reserves, the run
+    ends within the total, and the archive holds the summary and the logs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DRY_RUN": "1", "PYTHON": sys.executable,
+           "OUT": str(tmp_path / "device_out"), "GPU_CHECK_WORK": str(tmp_path / "work"), "TOTAL_BUDGET": "40"}
+    env.pop("TRITON_INTERPRET", None)
+    started = time.monotonic()
+    done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=200)
+    wall = time.monotonic() - started
+    assert wall < 40 + 20, done.stdout[-2000:]
+    # 15 s of the 40 are kept for packing and 15 more are the outer timeout's margin over gpu_check's own.
+    budget = int(re.search(r"budget (\d+) s ->", done.stdout).group(1))
+    assert 1 <= budget <= 10
+    with tarfile.open(tmp_path / "device_out" / "gpu_check.tar.gz") as archive:
+        names = archive.getnames()
+    assert "./gpu_check/summary.md" in names and "./gpu_check.log" in names
+
+
 def test_dry_run_goes_through_every_part(dry_run):
     out, stdout, wall = dry_run
     parts = json.loads((out / "parts.json").read_text())
