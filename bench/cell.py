@@ -26,6 +26,7 @@ from bench.environment import device_info, environment, gpu_clocks
 from bench.flops import counter, peak_entry, throughput
 from bench.memory import (GpuMemoryProbe, SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes,
                           peak_rss_bytes, rss_bytes)
+from bench.profile import profile_step
 from bench.result import Memory, Result, cell_key, stage_flags
 from bench.step import TrainStep
 from bench.timers import TimingSettings, time_stable, warm_up
@@ -50,6 +51,7 @@ class CellSpec:
     # torch intra-op threads; 0 keeps torch's default. On a shared CPU one thread is far steadier: two
     # threads on two busy cores spin-wait on each other and samples scatter by 4x.
     threads: int = 0
+    profile_top: int = 0  # > 0: profile one more step after timing and keep this many operators
     env_fingerprint: str = ""
     host_device: dict[str, Any] = field(default_factory=dict)
     git: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +162,11 @@ def measure(spec: CellSpec) -> Result:
         step_median = result.stages["step"].median
         result.tflops_per_s, result.mfu = throughput(flops["total"] or None, step_median, result.peak)
         result.flags = stage_flags(result.stages)
+        if spec.profile_top > 0:
+            try:
+                result.profile = profile_step(step, device, spec.profile_top)
+            except Exception as exc:  # the timed figures stand without a breakdown
+                result.flags.append(f"profile_failed: {type(exc).__name__}: {exc}"[:300])
         result.status = "ok"
     except Exception as exc:  # a cell's failure is data, not a reason to stop
         result.status, result.message = classify_exception(exc)

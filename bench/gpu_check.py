@@ -135,7 +135,8 @@ def run_cell_part(part: CellPart, plan: Plan, out: Path, budget: Budget, log_par
     from bench.runner import SweepSettings, precheck, run_in_subprocess, spec_for
 
     settings = SweepSettings(size=part.size, batch=part.batch, device=plan.device, timing=dict(part.timing),
-                             timeout_s=part.cell_timeout_s, threads=plan.threads, seed=0, **common)
+                             timeout_s=part.cell_timeout_s, threads=plan.threads, seed=0,
+                             profile_top=part.profile_top, **common)
     path = out / "results" / f"{part.name}.jsonl"
     results: list[Result] = []
     skipped: list[str] = []

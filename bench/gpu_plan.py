@@ -18,6 +18,7 @@ from bench.design import Cell, expand
 from models import Variant
 
 # The budgets below add up to 480 s on a GPU: 8 minutes on one H100.
+PROFILE_TOP = 12  # operators kept from one profiled step of each paper-size bf16 cell (bench.profile)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class CellPart:
     timing: dict[str, Any]
     cell_timeout_s: float
     min_start_s: float
+    profile_top: int = 0  # > 0: each cell profiles one extra step (bench.profile) for the summary
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,9 @@ def make_plan(dry_run: bool) -> Plan:
         quick = {"warmup": 1, "warmup_time_s": 0.0, "repeats": 2, "min_time_s": 0.0, "attempts": 1}
         modern = Variant.modern()
         parts = (
-            CellPart("paper-bf16", 40, "tiny", 2, "bf16", _cells("paper", "bf16"), quick, 60, 3),
+            CellPart("paper-bf16", 40, "tiny", 2, "bf16", _cells("paper", "bf16"), quick, 60, 3, PROFILE_TOP),
             CellPart("targets", 10, "tiny", 2, "bf16",
-                     tuple(Cell(v, "targets") for v in target_variants(True)), quick, 60, 3),
+                     tuple(Cell(v, "targets") for v in target_variants(True)), quick, 60, 3, PROFILE_TOP),
             # A subset so CI stays quick: the baseline, one spawned switch, and two that a CPU without
             # the MiniLM package records unsupported without a spawn (as the GPU machine lacks it).
             CellPart("ofat-tiny", 20, "tiny", 2, "bf16",
@@ -121,16 +123,17 @@ def make_plan(dry_run: bool) -> Plan:
     parts = (
         # ~1-2 s per paper-size step: 1 + 2 + 2 x 6 + 1 steps and ~10 s of process start and build per
         # cell. The two rows the headline compares go first, in case the budget ends the part early.
-        CellPart("paper-bf16", 140, "paper", 4, "bf16", _headline_first(_cells("paper", "bf16")), headline, 120, 30),
+        CellPart("paper-bf16", 140, "paper", 4, "bf16", _headline_first(_cells("paper", "bf16")), headline, 120, 30,
+                 PROFILE_TOP),
         CellPart("targets", 60, "paper", 4, "bf16",
-                 tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 25),
+                 tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 25, PROFILE_TOP),
         # 22 cells, ~10 s each, mostly process start: whatever does not fit is skipped with a note.
         CellPart("ofat-small", 110, "small", 2, "bf16", _compiling_last(_cells("ofat", "bf16")), short, 60, 12),
         CellPart("paper-fp16", 60, "paper", 4, "fp16", _headline_first(_cells("paper", "fp16")), short, 90, 25),
         # Whatever time is left: the fastest candidate compiled (inductor fuses the elementwise work the
         # 40 % MFU target needs), started only with 60 s in hand since compiling the towers takes a while.
         CellPart("targets-compiled", 0, "paper", 4, "bf16",
-                 (Cell(target_variants(False)[0].replace(compile=True), "targets"),), short, 150, 60),
+                 (Cell(target_variants(False)[0].replace(compile=True), "targets"),), short, 150, 60, PROFILE_TOP),
     )
     return Plan(False, "cuda", probe_budget_s=20, kernels_budget_s=40,
                 estimate_budget_s=40, report_budget_s=10, cell_parts=parts, threads=0)

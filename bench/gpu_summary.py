@@ -186,6 +186,27 @@ def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list
     return lines + [""], rows
 
 
+def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], dict[str, Any]]:
+    """The costliest operators of one profiled step per variant: what limits each."""
+    lines = ["## Where one step's time goes (torch.profiler, one step after timing)", "",
+             "Self time of the costliest operators: kernels on a GPU, host operators on a CPU; share is of "
+             "the step's total self time.", ""]
+    data: dict[str, Any] = {}
+    for r in results:
+        if r.status != "ok" or not r.profile or r.variant_key in data:
+            continue
+        data[r.variant_key] = r.profile
+        lines += [f"**{r.variant_key}** ({r.size}, batch {r.batch}, step {(step_of(r) or 0) * 1e3:.1f} ms)", "",
+                  "| operator | self ms | calls | share |", "|---|---|---|---|"]
+        for op in r.profile[:shown]:
+            name = op["name"].replace("|", "/")
+            lines.append(f"| `{name}` | {op['self_s'] * 1e3:.2f} | {op['calls']} | {_pct(op['share'])} |")
+        lines.append("")
+    if not data:
+        lines.append("(no profiled cell)")
+    return lines + [""], data
+
+
 def environment_section(out: Path, plan: Plan) -> tuple[list[str], dict[str, Any]]:
     env = json.loads((out / "probe" / "env.json").read_text()) if (out / "probe" / "env.json").exists() else {}
     micro = json.loads((out / "probe" / "micro.json").read_text()) if (out / "probe" / "micro.json").exists() else {}
@@ -229,6 +250,8 @@ def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, 
             section, data[part.name] = ofat_section(results, part.size)
         lines += section
     section, data["estimate"] = estimate_section(out, measured)
+    lines += section
+    section, data["profiles"] = profile_section(measured)
     lines += section
     kernels = out / "probe" / "kernels" / "table.md"
     lines += ["## Triton kernels (kernels.bench; median ms and % of the measured copy bandwidth)", "",

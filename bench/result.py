@@ -41,7 +41,10 @@ Fields of `Result` (schema version 1):
   clocks and throttle reasons before/after, CPU model...); `git` {"sha", "dirty"}.
 - `env_fingerprint` short hash of what must match for `--resume` to reuse a row.
 - `flags` list of warnings: "stage_sum_mismatch" (sum of stage medians differs from the step median
-  by > 10 %), "noisy:<stage>" (IQR/median > 10 %).
+  by > 10 %), "noisy:<stage>" (IQR/median > 10 %), "profile_failed: <error>".
+- `profile` None, or the top operators of one extra profiled step (`bench.profile`), each {"name",
+  "self_s", "calls", "share"}: kernels by time on the GPU, host operators by CPU time on a CPU; share
+  is of the step's total self time. Made only when asked (`--profile-top N`, bench.gpu_check).
 - `timestamp` ISO-8601 UTC when the row was written; `wall_s` seconds the cell took end to end.
 """
 
@@ -148,6 +151,7 @@ class Result:
     git: dict[str, Any] = field(default_factory=dict)
     env_fingerprint: str = ""
     flags: list[str] = field(default_factory=list)
+    profile: list[dict[str, Any]] | None = None
     timestamp: str = ""
     wall_s: float | None = None
     schema_version: int = SCHEMA_VERSION

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads in each cell; 0 keeps torch's default (default: 1 on CPU, 0 on GPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and synthetic inputs")
+    p.add_argument("--profile-top", type=int, default=0, metavar="N",
+                   help="after timing, profile one more step and keep its N costliest operators in the row")
     p.add_argument("--shuffle", action="store_true", help="run cells in a random (seeded) order against drift")
     p.add_argument("--out", default="results", help="directory for result files")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="FILE",
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         size=size.name, batch=batch, device=str(device),
         timing={"warmup": args.warmup, "warmup_time_s": args.warmup_time, "repeats": args.repeats,
                 "min_time_s": args.min_time, "attempts": args.attempts},
-        timeout_s=args.timeout, threads=args.threads, seed=args.seed,
+        timeout_s=args.timeout, threads=args.threads, seed=args.seed, profile_top=args.profile_top,
         env_fingerprint=fingerprint(host, environment(device), git), host_device=host, git=git,
     )
     path = _results_path(args, device, parser)

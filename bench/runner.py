@@ -47,6 +47,7 @@ class SweepSettings:
     env_fingerprint: str
     host_device: dict
     git: dict
+    profile_top: int = 0
 
 
 def spec_for(cell: Cell, settings: SweepSettings) -> CellSpec:
@@ -54,7 +55,7 @@ def spec_for(cell: Cell, settings: SweepSettings) -> CellSpec:
         variant=cell.variant.as_dict(), size=settings.size, batch=settings.batch, device=settings.device,
         design=cell.design, baseline=cell.baseline, timing=dict(settings.timing), timeout_s=settings.timeout_s,
         seed=settings.seed, threads=settings.threads, env_fingerprint=settings.env_fingerprint,
-        host_device=dict(settings.host_device), git=dict(settings.git),
+        host_device=dict(settings.host_device), git=dict(settings.git), profile_top=settings.profile_top,
     )
 
 

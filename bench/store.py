@@ -70,11 +70,11 @@ def repair(path: Path) -> str | None:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> dotted keys; raw timing samples are left out (they stay in the JSONL)."""
+    """Nested dicts -> dotted keys; raw timing samples and profiles are left out (they stay in the JSONL)."""
     out: dict[str, Any] = {}
     if isinstance(data, dict):
         for key, value in data.items():
-            if key == "samples":
+            if key in ("samples", "profile"):
                 continue
             out.update(flatten(value, f"{prefix}{key}."))
         return out

