@@ -67,7 +67,7 @@ class Plan:
 def target_variants(dry_run: bool) -> list[Variant]:
     """Paper-size candidates for the issue's targets, each keeping a position signal (RoPE or the cached
     bias table): the fastest (fused kernels, and the VQ without its 55,296 x 8,192 one-hot, which is
-    also 0.46 TFLOP of matmul per step), the leanest (plus checkpointing; bench.estimate predicts 0.31x
+    also 0.46 TFLOP of matmul per step), the leanest (plus checkpointing; bench.estimate predicts 0.26x
     the faithful peak on the CPU build), and one that keeps CT-CLIP's learned bias through the
     memory-efficient kernel."""
     fast = Variant.modern().replace(position="rope", norm="rmsnorm_triton", mlp="swiglu_triton", vq_impl="chunked")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.position import POSITIONS
 from models.transformer import Transformer
@@ -49,10 +50,16 @@ class CTViT(nn.Module):
         self.spatial = Transformer(size.dim, size.spatial_depth, *layer_args, stage="spatial")
         self.temporal = Transformer(size.dim, size.temporal_depth, *layer_args, stage="temporal")
         self.vq = VQ_IMPLS.get(variant.vq_impl).impl(size.dim, size.codebook_size) if variant.vq else None
+        self.checkpointing = variant.checkpointing
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> quantised tokens (B, t, h, w, dim)."""
-        tokens = self.patch_embed(volume)
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # The patch norm would otherwise keep the fp32 patch copy and its bf16 cast for backward
+            # (1.2 GiB at paper size, batch 4): more than the checkpointed transformer layers keep.
+            tokens = checkpoint(self.patch_embed, volume, use_reentrant=False)
+        else:
+            tokens = self.patch_embed(volume)
         b, t, h, w, _ = tokens.shape
         grid = (b, t, h, w)
         position = self.position(h, w, tokens.device)
