@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from models.position import POSITIONS
-from models.transformer import Transformer
+from models.transformer import Transformer, maybe_checkpointed
 from models.variant import Size
 from models.vq import VQ_IMPLS
 
@@ -54,12 +53,9 @@ class CTViT(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> quantised tokens (B, t, h, w, dim)."""
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            # The patch norm would otherwise keep the fp32 patch copy and its bf16 cast for backward
-            # (1.2 GiB at paper size, batch 4): more than the checkpointed transformer layers keep.
-            tokens = checkpoint(self.patch_embed, volume, use_reentrant=False)
-        else:
-            tokens = self.patch_embed(volume)
+        # Checkpointed, the patch norm no longer keeps the fp32 patch copy and its bf16 cast for backward
+        # (1.2 GiB at paper size, batch 4): more than the checkpointed transformer layers keep.
+        tokens = maybe_checkpointed(self.checkpointing, self.patch_embed, volume)
         b, t, h, w, _ = tokens.shape
         grid = (b, t, h, w)
         position = self.position(h, w, tokens.device)

@@ -13,6 +13,15 @@ from models.peg import PEG, Grid
 from models.position import SpatialPosition
 
 
+def maybe_checkpointed(enabled: bool, module: nn.Module, *args):
+    """`module(*args)`, recomputed in backward instead of kept for it when `enabled` and training with
+    gradients on. Non-reentrant checkpointing also handles inputs captured by the call that need grad
+    (the position bias)."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
+
+
 class Layer(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, ff_inner: int, variant, stage: str) -> None:
         super().__init__()
@@ -35,10 +44,5 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None" = None) -> torch.Tensor:
         for layer in self.layers:
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                # Non-reentrant checkpointing recomputes each layer in backward and handles the
-                # position bias (a tensor that needs grad) captured by the closure correctly.
-                x = checkpoint(layer, x, grid, position, use_reentrant=False)
-            else:
-                x = layer(x, grid, position)
+            x = maybe_checkpointed(self.checkpointing, layer, x, grid, position)
         return self.norm_out(x)
