@@ -1,4 +1,4 @@
-"""FLOPs per training step (FlopCounterMode), TFLOP/s and MFU against a per-GPU peak table.
+"""FLOPs per training step (FlopCounterMode), TFLOP/s and MFU against the datasheet peak (bench.gpu_specs).
 
 `FlopCounterMode` has no formula for PyTorch's CPU flash-attention kernel or its backward, so CPU SDPA
 attention would count as zero (cpu-facts §4). `register_cpu_flash_formulas()` adds the standard SDPA
@@ -20,6 +20,8 @@ from torch.utils.flop_counter import (
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
+
+from bench.gpu_specs import find_gpu
 
 aten = torch.ops.aten
 
@@ -76,21 +78,6 @@ def counter() -> FlopCounterMode:
     return FlopCounterMode(display=False)
 
 
-# Dense peak TFLOP/s (no sparsity) from NVIDIA's datasheets, by the precision the matmuls run in.
-# Matched by substring of torch.cuda.get_device_name(), first match wins (so PCIe before SXM).
-PEAK_TFLOPS: list[tuple[str, str, dict[str, float]]] = [
-    ("H100 PCIe", "H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
-    ("H100 NVL", "H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
-    ("H100", "H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("H200", "H200 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("GH200", "GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("B200", "B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0}),
-    ("A100", "A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("L40S", "L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
-    ("L4", "L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-]
-
-
 def matmul_precision(precision: str, device_type: str) -> str:
     """The precision the step's matmuls run in: autocast's dtype, or fp32/tf32 per torch's setting."""
     if precision in ("fp16", "bf16"):
@@ -105,10 +92,10 @@ def peak_entry(device_name: str, precision: str, device_type: str) -> dict[str, 
     if device_type != "cuda":
         return None
     mm = matmul_precision(precision, device_type)
-    for needle, entry, table in PEAK_TFLOPS:
-        if needle in device_name and mm in table:
-            return {"entry": entry, "precision": mm, "tflops": table[mm]}
-    return None
+    spec = find_gpu(device_name)
+    if spec is None or mm not in spec.tflops:
+        return None
+    return {"entry": spec.entry, "precision": mm, "tflops": spec.tflops[mm]}
 
 
 def throughput(total_flops: float | None, step_seconds: float | None,
