@@ -250,7 +250,6 @@ def copy_bandwidth_gbps(timer: Timer, device: torch.device, nbytes: int = 1 << 3
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
     ms = statistics.median(timer(lambda: dst.copy_(src), []))
-    del src, dst
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 

@@ -101,13 +101,21 @@ def _block_n(n_cols: int) -> int:
     return next_pow2(n_cols)
 
 
+def _check_forward(x: torch.Tensor, weight: torch.Tensor) -> None:
+    check_float(x, "RMSNorm input")
+    if weight.shape != (x.shape[-1],):
+        raise ValueError(f"RMSNorm weight has shape {tuple(weight.shape)}, expected ({x.shape[-1]},)")
+
+
+# Each launch is a torch custom op (torch.library), so fake tensors and dispatch modes see one op with
+# the kernel's inputs and outputs: bench.estimate can size Triton variants without running them, and
+# torch.compile keeps the kernels as opaque nodes.
+@torch.library.custom_op("ctclip_kernels::rmsnorm_forward", mutates_args=())
 def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float,
                     eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
     """y (x's shape and dtype) and the per-row fp32 r = 1/RMS (shape [rows]) for the backward."""
-    check_float(x, "RMSNorm input")
+    _check_forward(x, weight)
     n_cols = x.shape[-1]
-    if weight.shape != (n_cols,):
-        raise ValueError(f"RMSNorm weight has shape {tuple(weight.shape)}, expected ({n_cols},)")
     x2 = as_rows(x, n_cols)
     weight = weight.contiguous()
     n_rows = x2.shape[0]
@@ -123,6 +131,15 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return y.to(x.dtype).view(x.shape), r
 
 
+@rmsnorm_forward.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float,
+      eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
+    _check_forward(x, weight)
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return x.new_empty(x.shape), x.new_empty(rows, dtype=torch.float32)
+
+
+@torch.library.custom_op("ctclip_kernels::rmsnorm_backward", mutates_args=())
 def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor,
                      eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
     """(dx in x's shape and dtype, dw in weight's dtype) from the forward's saved r."""
@@ -148,6 +165,12 @@ def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r:
         num_warps=num_warps(block_m * block_n))
     # Second stage of the dw reduction: a fixed-shape sum, so the result is bitwise reproducible.
     return dx.to(x.dtype).view(x.shape), dw_partial.sum(0).to(weight.dtype)
+
+
+@rmsnorm_backward.register_fake
+def _(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r: torch.Tensor,
+      eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape), torch.empty_like(weight)
 
 
 class TritonRMSNormFunction(torch.autograd.Function):

@@ -95,6 +95,8 @@ def _split_width(x: torch.Tensor) -> int:
     return x.shape[-1] // 2
 
 
+# Each launch is a torch custom op (see kernels/rmsnorm.py for why).
+@torch.library.custom_op("ctclip_kernels::gated_forward", mutates_args=())
 def gated_forward(x: torch.Tensor, activation: str) -> torch.Tensor:
     """out[..., F] from x[..., 2F]; `activation` is "swiglu" or "geglu" (see module docstring)."""
     check_float(x, f"{activation} input")
@@ -111,6 +113,13 @@ def gated_forward(x: torch.Tensor, activation: str) -> torch.Tensor:
     return out.to(x.dtype).view(*x.shape[:-1], n_cols)
 
 
+@gated_forward.register_fake
+def _(x: torch.Tensor, activation: str) -> torch.Tensor:
+    check_float(x, f"{activation} input")
+    return x.new_empty(*x.shape[:-1], _split_width(x))
+
+
+@torch.library.custom_op("ctclip_kernels::gated_backward", mutates_args=())
 def gated_backward(dout: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
     """dx[..., 2F] (x's dtype) from dout[..., F] and the saved input x."""
     n_cols = _split_width(x)
@@ -124,7 +133,12 @@ def gated_backward(dout: torch.Tensor, x: torch.Tensor, activation: str) -> torc
         _gated_bwd_kernel[grid](dout2, x2, dx, dout2.stride(0), x2.stride(0), dx.stride(0), n_rows, n_cols,
                                 BLOCK_M=block_m, BLOCK_N=block_n, GEGLU=activation == "geglu",
                                 num_warps=num_warps(block_m * block_n))
-    return dx.to(x.dtype)
+    return dx.to(x.dtype).view(x.shape)
+
+
+@gated_backward.register_fake
+def _(dout: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
+    return x.new_empty(x.shape)
 
 
 class TritonGatedFunction(torch.autograd.Function):

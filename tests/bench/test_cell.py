@@ -41,6 +41,8 @@ def test_unsupported_variant_gives_reason():
     Variant.faithful(), Variant.modern().replace(precision="bf16"),
     Variant.faithful().replace(precision="fp16"),  # GradScaler: the estimate must step without .item()
     Variant.faithful().replace(text="minilm"),  # pretrained weights load as real tensors
+    # Triton kernels: the custom ops' fake implementations against the real (interpreted) launches.
+    Variant.modern().replace(norm="rmsnorm_triton", mlp="swiglu_triton"),
 ], ids=lambda v: v.key)
 def test_fake_tensor_estimate_equals_real_accounting(variant):
     size = SIZES["tiny"]

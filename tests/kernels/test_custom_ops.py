@@ -1,0 +1,77 @@
+"""Each kernel launch is a torch custom op: schema and fake implementation agree with the real kernel
+(torch.library.opcheck), and on fake tensors the modules step without launching anything, showing one
+op per launch to dispatch modes (what bench.estimate counts)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kernels import TritonRMSNorm, TritonSwiGLU, supports
+from kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from kernels.swiglu import gated_backward, gated_forward
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ops = torch.ops.ctclip_kernels
+# opcheck's schema and fake-tensor checks; autograd lives in the autograd.Functions around the ops.
+CHECKS = ("test_schema", "test_faketensor")
+
+
+def _x(*shape: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_rmsnorm(dtype):
+    x = _x(3, 5, 37, dtype=dtype)[:, ::2]  # non-contiguous rows
+    w = _x(37, dtype=dtype)
+    torch.library.opcheck(ops.rmsnorm_forward.default, (x, w, 1e-6, "outside"), test_utils=CHECKS)
+    y, r = rmsnorm_forward(x, w, 1e-6, "outside")
+    assert r.shape == (x.numel() // 37,) and r.dtype == torch.float32
+    dy = torch.randn_like(y)
+    torch.library.opcheck(ops.rmsnorm_backward.default, (dy, x, w, r, "outside"), test_utils=CHECKS)
+    dx, dw = rmsnorm_backward(dy, x, w, r, "outside")
+    assert (dx.shape, dx.dtype, dw.shape, dw.dtype) == (x.shape, dtype, w.shape, dtype)
+
+
+@pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
+@pytest.mark.parametrize("activation", ["swiglu", "geglu"])
+def test_opcheck_gated(activation):
+    x = _x(4, 3, 2 * 43)
+    torch.library.opcheck(ops.gated_forward.default, (x, activation), test_utils=CHECKS)
+    out = gated_forward(x, activation)
+    assert out.shape == (4, 3, 43)
+    dout = torch.randn_like(out)
+    torch.library.opcheck(ops.gated_backward.default, (dout, x, activation), test_utils=CHECKS)
+    assert gated_backward(dout, x, activation).shape == x.shape
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func._overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_fake_tensors_launch_nothing_and_show_one_op_per_kernel():
+    # Fake tensors have no data, so a real launch would fail: passing shows the fake paths ran.
+    # No interpreter or GPU is needed for that, so this test runs everywhere.
+    with FakeTensorMode():
+        norm, act = TritonRMSNorm(24), TritonSwiGLU()
+        x = torch.randn(5, 7, 48, dtype=torch.bfloat16, requires_grad=True)
+        log = _OpLog()
+        with log:
+            y = act(x)
+            z = norm(y)
+            z.sum().backward()
+        assert (y.shape, z.shape, z.dtype) == ((5, 7, 24), (5, 7, 24), torch.bfloat16)
+        assert x.grad.shape == x.shape and norm.weight.grad.shape == (24,)
+    kernel_ops = [n for n in log.names if n.startswith("ctclip_kernels.")]
+    assert kernel_ops == ["ctclip_kernels.gated_forward", "ctclip_kernels.rmsnorm_forward",
+                          "ctclip_kernels.rmsnorm_backward", "ctclip_kernels.gated_backward"]
