@@ -11,6 +11,7 @@ and fake tensors. Per variant it records
     largest transient                  (the largest single op output during the step)
     predicted peak                     (bench.allocations: bytes live at once, op by op)
     FLOPs forward / backward           (FlopCounterMode with the CPU flash formulas)
+    roofline step time on a GPU        (bench.roofline: every op at its datasheet ceiling, --gpu)
 
 The peak is tracked over one step from the state a measured cell resets its peak counter in (after
 warm-up: AdamW's moments allocated, gradients freed, the batch resident), with tensor sizes rounded as
@@ -20,7 +21,8 @@ paper-size step by 3 GiB (24.1 against 27.2 GiB).
 
 as rows of the result schema with kind="estimate". Fake tensors are CPU tensors, so kernel choice is
 the CPU build's (SDPA -> CPU flash; fake CUDA tensors abort the process on a CPU build): CUDA-only
-variants are recorded unsupported here too. When a GPU measurement of the same cell exists, reports
+variants are recorded unsupported here too. The Triton kernels are torch custom ops with fake
+implementations, so Triton variants are estimated (one op per kernel launch) where they cannot run. When a GPU measurement of the same cell exists, reports
 show predicted against measured.
 """
 
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench import store
 from bench.allocations import AllocationTracker
@@ -41,12 +44,16 @@ from bench.cell import CellSpec, base_result, classify_exception
 from bench.config import parse_with_config
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
-from bench.flops import counter
+from bench.flops import counter, matmul_precision
+from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
+from bench.roofline import RooflineMode
 from bench.step import TrainStep
 from bench.table import render
 from models import SIZES, Size, Variant, build, example_batch, get_size, supports
+
+DEFAULT_GPU = find_gpu("H100 SXM")
 
 
 def _fakeify(model: torch.nn.Module, mode) -> None:
@@ -79,8 +86,6 @@ def fake_inputs(mode, size: Size, batch: int) -> tuple[torch.Tensor, torch.Tenso
 def fake_training_step(variant: Variant, size: Size, batch: int) -> tuple[Any, TrainStep]:
     """A TrainStep on fake tensors in the steady state a measured cell times from (see
     `_create_optimizer_state`), and the FakeTensorMode to run it in."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     mode = FakeTensorMode()
     with mode:
         model = build(variant, size, device="cpu")
@@ -102,8 +107,9 @@ def resident_tensors(step: TrainStep) -> list[torch.Tensor]:
             step.attention_mask, *state]
 
 
-def estimate_variant(variant: Variant, size: Size, batch: int) -> dict[str, Any]:
-    """Memory (bytes) and FLOPs of one training step of `variant`, computed on fake tensors."""
+def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DEFAULT_GPU) -> dict[str, Any]:
+    """Memory (bytes), FLOPs and the roofline step time on `gpu` of one training step of `variant`,
+    computed on fake tensors."""
     mode, step = fake_training_step(variant, size, batch)
     model = step.model
     with mode:
@@ -116,12 +122,15 @@ def estimate_variant(variant: Variant, size: Size, batch: int) -> dict[str, Any]
             step.optimizer_step()
             del loss
             step.zero_grad()
-        # FLOPs in a second pass: FlopCounterMode's module hooks keep tensors alive through a
-        # checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
-        with counter() as fwd:
-            loss = step.forward()
-        with counter() as bwd:
-            step.backward(loss)
+        # FLOPs and the roofline in a second pass: FlopCounterMode's module hooks keep tensors alive through
+        # a checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
+        roofline = RooflineMode(gpu, tf32=matmul_precision(variant.precision, "cuda") == "tf32")
+        with roofline:
+            with counter() as fwd:
+                loss = step.forward()
+            with counter() as bwd:
+                step.backward(loss)
+            step.optimizer_step()
         del loss
         step.zero_grad()
         memory = {
@@ -131,8 +140,8 @@ def estimate_variant(variant: Variant, size: Size, batch: int) -> dict[str, Any]
             "predicted_peak_bytes": tracker.peak_bytes,
         }
     forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
-    return {"memory": memory, "flops": {"forward": forward, "backward": backward, "total": forward + backward},
-            "largest_op": tracker.largest_op}
+    flops = {"forward": forward, "backward": backward, "total": forward + backward}
+    return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op, "roofline": roofline.estimate()}
 
 
 def _create_optimizer_state(step: TrainStep) -> None:
@@ -145,12 +154,14 @@ def _create_optimizer_state(step: TrainStep) -> None:
     step.zero_grad()
 
 
-def estimate_cell(spec: CellSpec) -> Result:
+def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU) -> Result:
     started = time.perf_counter()
     variant = spec.variant_obj
     result = base_result(spec, "error", kind="estimate")
     result.cell_key = result.cell_key.replace("|measured", "|estimate")
-    reason = supports(variant, spec.device)
+    with FakeTensorMode():
+        # Asked as the model will be built: Triton variants need no runnable kernels on fake tensors.
+        reason = supports(variant, spec.device)
     if variant.compile and not reason:
         # Inductor's graphs run outside the dispatch modes that count bytes and FLOPs (a tiny compiled
         # step showed 0.13 GFLOP, the text tower's eager glue), and it fuses and recomputes differently.
@@ -159,10 +170,13 @@ def estimate_cell(spec: CellSpec) -> Result:
         result.status, result.reason = "unsupported", reason
     else:
         try:
-            out = estimate_variant(variant, get_size(spec.size), spec.batch)
+            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu)
             for key, value in out["memory"].items():
                 setattr(result.memory, key, value)
             result.flops = out["flops"]
+            roofline = out["roofline"]
+            result.roofline = dict(roofline.to_dict(),
+                                   mfu_bound=roofline.mfu_bound(matmul_precision(variant.precision, "cuda")))
             result.message = f"FakeTensorMode on the CPU build; largest transient from {out['largest_op']}"
             result.status = "ok"
         except Exception as exc:
@@ -181,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="AXIS=V")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None)
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the size preset's)")
+    p.add_argument("--gpu", default=DEFAULT_GPU.needle, help="GPU whose datasheet ceilings the roofline step "
+                   "time uses (a substring of its CUDA name, e.g. H100, H200, A100-SXM4-80GB)")
     p.add_argument("--out", default="results", help="directory for result files")
     return p
 
@@ -194,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     batch = args.batch or size.batch
+    gpu = find_gpu(args.gpu)
+    if gpu is None:
+        parser.error(f"--gpu {args.gpu!r}: no entry in bench.gpu_specs matches")
     device = torch.device("cpu")
     host, git = host_device_info(device), git_info()
     host = dict(host, type="cpu", name=f"FakeTensorMode ({host['name']})")
@@ -205,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell in cells:
         spec = CellSpec(variant=cell.variant.as_dict(), size=size.name, batch=batch, device="cpu",
                         design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host, git=git)
-        result = estimate_cell(spec)
+        result = estimate_cell(spec, gpu)
         result.env = environment(device)
         store.append(path, result)
         rows.append(result)
@@ -220,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"predicted peak {m.predicted_peak_bytes / gib:.2f} GiB, "
                   f"FLOPs/step {r.flops['total'] / 1e12:.2f} TFLOP (fwd {r.flops['forward'] / 1e12:.2f}, "
                   f"bwd {r.flops['backward'] / 1e12:.2f})")
+            roof = r.roofline
+            print(f"{'':{len(r.variant_key)}}  roofline on {roof['gpu']}: {roof['step_s'] * 1e3:.1f} ms "
+                  f"({roof['memory_bound_s'] / roof['step_s']:.0%} of it memory-bound, {roof['ops']} ops), "
+                  f"MFU at most {roof['mfu_bound']:.0%}; top: " + ", ".join(
+                      f"{op['name']} {op['share']:.0%}" for op in roof["top_ops"][:3]))
     print(f"results: {path}\ncsv:     {path.with_suffix('.csv')}")
     return 0
 

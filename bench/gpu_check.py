@@ -173,10 +173,14 @@ def run_cell_part(part: CellPart, plan: Plan, out: Path, budget: Budget, log_par
     return results
 
 
-def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git: dict) -> None:
-    """bench.estimate for every planned cell (FakeTensorMode on the CPU, in this process)."""
+def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git: dict, gpu_name: str) -> None:
+    """bench.estimate for every planned cell (FakeTensorMode on the CPU, in this process), with the
+    roofline against this GPU's datasheet (an H100 SXM's in a dry run)."""
     from bench.cell import CellSpec
-    from bench.estimate import estimate_cell
+    from bench.estimate import DEFAULT_GPU, estimate_cell
+    from bench.gpu_specs import find_gpu
+
+    gpu = find_gpu(gpu_name) or DEFAULT_GPU
 
     cpu = torch.device("cpu")
     host = host_device_info(cpu)
@@ -199,7 +203,7 @@ def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git:
             spec = CellSpec(variant=cell.variant.as_dict(), size=part.size, batch=part.batch, device="cpu",
                             design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host,
                             git=git)
-            result = estimate_cell(spec)
+            result = estimate_cell(spec, gpu)
             result.env = env
             store.append(out / "results" / f"estimate-{part.size}.jsonl", result)
             done += 1
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "probe":
             reasons = run_probe(plan, out, budget, parts)
         elif name == "estimate":
-            run_estimates(plan, out, budget, part, git)
+            run_estimates(plan, out, budget, part, git, host.get("name", ""))
         elif name == "report":
             write_reports(plan, out, part)
         else:

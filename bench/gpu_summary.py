@@ -61,6 +61,10 @@ def _gib(v: int | None) -> str:
     return "n/a" if v is None else f"{v / GIB:.3f}"
 
 
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
 def _read(path: Path) -> list[Result]:
     if not path.exists():
         return []
@@ -165,17 +169,24 @@ def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list
             continue
         predicted, peak = e.memory.predicted_peak_bytes, r.memory.gpu_allocated_peak_bytes
         saved_pred, saved_meas = e.memory.saved_activations_bytes, r.memory.saved_activations_bytes
+        roofline_s = e.roofline["step_s"] if e.roofline else None
+        step = step_of(r) if r.device.get("type") == "cuda" else None  # a CPU step has no H100 roofline
         rows.append({"variant": r.variant_key, "size": r.size, "batch": r.batch, "predicted_peak_bytes": predicted,
                      "measured_peak_bytes": peak, "peak_error": _error(predicted, peak),
-                     "saved_error": _error(saved_pred, saved_meas)})
+                     "saved_error": _error(saved_pred, saved_meas), "roofline_step_s": roofline_s,
+                     "measured_step_s": step,
+                     "step_over_roofline": step / roofline_s if step and roofline_s else None})
     lines = ["## Estimator (bench.estimate, FakeTensorMode) against measurement", "",
-             "| variant | size | predicted peak GiB | measured peak GiB | peak error | saved-activations error |",
-             "|---|---|---|---|---|---|"]
+             "| variant | size | predicted peak GiB | measured peak GiB | peak error | saved-activations error "
+             "| roofline step ms | measured step ms | measured / roofline |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
+        roof, step, over = d["roofline_step_s"], d["measured_step_s"], d["step_over_roofline"]
         lines.append(f"| {d['variant']} | {d['size']} b{d['batch']} | {_gib(d['predicted_peak_bytes'])} | "
-                     f"{_gib(d['measured_peak_bytes'])} | {_pct(d['peak_error'])} | {_pct(d['saved_error'])} |")
+                     f"{_gib(d['measured_peak_bytes'])} | {_pct(d['peak_error'])} | {_pct(d['saved_error'])} | "
+                     f"{_ms(roof)} | {_ms(step)} | {f'{over:.2f}×' if over else 'n/a'} |")
     if not rows:
-        lines.append("| (no cell has both an estimate and a measurement) | | | | | |")
+        lines.append("| (no cell has both an estimate and a measurement) | | | | | | | | |")
     errors = [abs(d["peak_error"]) for d in rows if d["peak_error"] is not None]
     if errors:
         lines += ["", f"Peak error: median {sorted(errors)[len(errors) // 2] * 100:.1f} %, "
@@ -183,6 +194,8 @@ def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list
     else:
         lines += ["", "No GPU peak measured here, so the estimator's peak error is not known from this run; "
                       "the saved-activations column compares it with the cells' own accounting."]
+    lines += ["", "Roofline step: every op of the eager step at its datasheet ceiling (bench.roofline), a lower "
+                  "bound for eager kernels; measured / roofline is how far the real kernels are from it."]
     return lines + [""], rows
 
 

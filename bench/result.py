@@ -45,6 +45,11 @@ Fields of `Result` (schema version 1):
 - `profile` None, or the top operators of one extra profiled step (`bench.profile`), each {"name",
   "self_s", "calls", "share"}: kernels by time on the GPU, host operators by CPU time on a CPU; share
   is of the step's total self time. Made only when asked (`--profile-top N`, bench.gpu_check).
+- `roofline` None, or (estimates only, `bench.roofline`) the step's lower bound on a named GPU: `gpu`,
+  `dram_gb_per_s`, `peak_tflops`, `step_s` (every op at max(FLOPs/peak, bytes/bandwidth)), its
+  `compute_bound_s` and `memory_bound_s` parts, `flops`, `bytes`, `ops`, `mfu_bound` (the highest MFU
+  the step could show) and `top_ops` (per operator: name, calls, flops, bytes, seconds, compute_bound_s,
+  share of the step).
 - `timestamp` ISO-8601 UTC when the row was written; `wall_s` seconds the cell took end to end.
 """
 
@@ -152,6 +157,7 @@ class Result:
     env_fingerprint: str = ""
     flags: list[str] = field(default_factory=list)
     profile: list[dict[str, Any]] | None = None
+    roofline: dict[str, Any] | None = None
     timestamp: str = ""
     wall_s: float | None = None
     schema_version: int = SCHEMA_VERSION

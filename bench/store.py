@@ -70,11 +70,11 @@ def repair(path: Path) -> str | None:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> dotted keys; raw timing samples and profiles are left out (they stay in the JSONL)."""
+    """Nested dicts -> dotted keys; raw timing samples and per-op lists are left out (they stay in the JSONL)."""
     out: dict[str, Any] = {}
     if isinstance(data, dict):
         for key, value in data.items():
-            if key in ("samples", "profile"):
+            if key in ("samples", "profile", "top_ops"):
                 continue
             out.update(flatten(value, f"{prefix}{key}."))
         return out

@@ -267,6 +267,10 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
     saved_m = [_gib(m.memory.get(schema.SAVED)) if m and m.status == "ok" else None for _, m in pairs]
     flops_p = [e.flops["total"] / 1e9 if e.flops and e.flops.get("total") else None for e, _ in pairs]
     flops_m = [m.flops["total"] / 1e9 if m and m.flops and m.flops.get("total") else None for _, m in pairs]
+    roof_ms = [e.roofline["step_s"] * 1e3 if e.roofline else None for e, _ in pairs]
+    step_ms = [m.stages["step"].median * 1e3 if m and m.status == "ok" and "step" in m.stages
+               and m.device.type == "cuda" else None for _, m in pairs]
+    roof_gpus = uniform([e.roofline["gpu"] for e, _ in pairs if e.roofline], "per row")
     cols = [
         Column("architecture", [labels.architecture(e.variant) for e, _ in pairs]),
         Column("loss", [labels.loss(e.variant) for e, _ in pairs]),
@@ -285,6 +289,13 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
         Column("FLOPs predicted (GFLOP/step)", flops_p, fmt=decimals(flops_p + flops_m)),
         Column("FLOPs measured (GFLOP/step)", flops_m, fmt=decimals(flops_p + flops_m)),
         Column("FLOPs measured / predicted (×)", [ratio(a, b) for a, b in zip(flops_m, flops_p)]),
+        Column(f"roofline step on {roof_gpus} (ms)", roof_ms, fmt=decimals(roof_ms + step_ms, 2)),
+        Column("MFU bound (%)", [e.roofline["mfu_bound"] * 100 if e.roofline and e.roofline.get("mfu_bound")
+                                 else None for e, _ in pairs], fmt="{:.1f}"),
+        Column("memory-bound (% of roofline)", [100 * e.roofline["memory_bound_s"] / e.roofline["step_s"]
+                                                if e.roofline and e.roofline["step_s"] else None
+                                                for e, _ in pairs], fmt="{:.0f}"),
+        Column("GPU step measured / roofline (×)", [ratio(a, b) for a, b in zip(step_ms, roof_ms)]),
         Column(
             "notes",
             [
@@ -307,11 +318,18 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
         precision=uniform([e.precision for e in estimates]),
         steps=context(measured_rows).steps if measured_rows else "estimates time nothing",
     )
+    measured_what = f"Measured peak is the {kinds}" if measured_rows else "No cell here was measured"
     notes = [
         (
-            f"Measured peak is the {kinds}; predicted peak = the most bytes live at once during one "
+            f"{measured_what}; predicted peak = the most bytes live at once during one "
             "step on fake tensors (bench.allocations), weights, optimizer state and batch included."
-        )
+        ),
+        (
+            "Roofline step = every op of one eager step at max(FLOPs / datasheet peak, bytes / datasheet "
+            "DRAM bandwidth), summed (bench.roofline): a lower bound for eager kernels, which fusion "
+            "(torch.compile) can beat; the ops are the CPU build's (composite RMSNorm). MFU bound = the "
+            "step's FLOPs over that time, against the peak MFU uses."
+        ),
     ]
     return Table(
         "estimate",

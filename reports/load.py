@@ -84,6 +84,7 @@ class EffRow:
     peak: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
+    roofline: dict[str, Any] | None = None
     timestamp: str = ""
 
 
@@ -219,6 +220,7 @@ def parse_efficiency(row: dict[str, Any], source: str) -> EffRow:
         peak=_need(row, "peak", dict, optional=True),
         settings=_need(row, "settings", dict, optional=True) or {},
         flags=[str(f) for f in (_need(row, "flags", list, optional=True) or [])],
+        roofline=_need(row, "roofline", dict, optional=True),
     )
 
 

@@ -6,6 +6,7 @@ checked against ratios recomputed here from the raw result lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -172,6 +173,8 @@ def test_dry_run_rows_and_summary(dry_run):
     estimates = [json.loads(line) for line in (out / "results" / "estimate-tiny.jsonl").read_text().splitlines()]
     assert all(e["kind"] == "estimate" for e in estimates) and any(e["status"] == "ok" for e in estimates)
     assert summary["estimate"] and all(abs(d["saved_error"]) < 0.05 for d in summary["estimate"])
+    # A dry run's steps are CPU steps: they get no ratio to an H100 roofline.
+    assert all(d["roofline_step_s"] > 0 and d["step_over_roofline"] is None for d in summary["estimate"])
     assert set(summary["profiles"]) >= {faithful, modern}
 
 
@@ -209,6 +212,7 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     from bench import store
     from bench.gpu_check import PartLog
     from bench.gpu_summary import summarize
+    from bench.result import Memory
 
     plan = make_plan(dry_run=False)
     parts = {p.name: p for p in plan.cell_parts}
@@ -222,8 +226,18 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     for name, results in rows.items():
         for r in results:
             store.append(tmp_path / "results" / f"{name}.jsonl", r)
+    estimate = dataclasses.replace(rows["paper-bf16"][0], kind="estimate", stages={},
+                                   device={"type": "cpu", "name": "FakeTensorMode (CPU)"},
+                                   memory=Memory(predicted_peak_bytes=36 * 2**30),
+                                   roofline={"gpu": "H100 SXM", "step_s": 0.5})
+    store.append(tmp_path / "results" / "estimate-paper.jsonl", estimate)
     logs = [PartLog(name, budget) for name, budget in plan.budgets().items()]
     text, data = summarize(tmp_path, plan, logs, total_s=400.0)
+
+    (checked,) = [d for d in data["estimate"] if d["variant"] == faithful.key]
+    assert checked["peak_error"] == pytest.approx(36 / 40 - 1)
+    assert checked["step_over_roofline"] == pytest.approx(1.0 / 0.5)
+    assert "| 500.0 | 1000.0 | 2.00× |" in text
 
     assert data["paper-bf16"]["memory_ratio"] == pytest.approx(30 / 40)
     assert data["paper-bf16"]["time_ratio"] == pytest.approx(0.9)

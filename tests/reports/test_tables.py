@@ -156,6 +156,10 @@ def test_estimate_against_measured(built) -> None:
     ratio = meas["memory"]["gpu_allocated_peak_bytes"] / est["memory"]["predicted_peak_bytes"]
     assert row["measured / predicted peak (×)"] == f"{ratio:.2f}"
     assert row["predicted peak (GiB)"] == f"{est['memory']['predicted_peak_bytes'] / GIB:.3f}"
+    roofline_s, step_s = est["roofline"]["step_s"], meas["stages"]["step"]["median"]
+    assert row["GPU step measured / roofline (×)"] == f"{step_s / roofline_s:.2f}"
+    assert row["MFU bound (%)"] == "35.0" and row["memory-bound (% of roofline)"] == "25"
+    assert "Roofline step" in t.caption
     assert "NVIDIA H100" in t.caption and "estimates on CPU" in t.caption
     unsupported = t.row("architecture", "FA2")
     assert unsupported["estimate status"] == "unsupported" and "needs CUDA" in unsupported["notes"]

@@ -1,0 +1,158 @@
+"""Roofline step time: a lower bound on what one eager training step takes on a named GPU.
+
+Every aten op the step dispatches costs max(FLOPs / peak, bytes moved / DRAM bandwidth), with the peak
+of the precision its matmuls run in and both ceilings from the datasheet (bench.gpu_specs). Summed over
+the step this is the time eager PyTorch would need if every kernel ran at its ceiling; a measured step
+divided by it says how far the kernels are from that, and the op-by-op split says which ops a faster
+variant must remove rather than speed up (memory-bound elementwise work, materialised attention scores).
+It follows torch.utils._runtime_estimation (the cost model behind RuntimeEstimator's roofline mode),
+which needs CUDA to read the ceilings; this one takes them from the table so it runs on fake tensors.
+
+What the bound leaves out, so a measured step is always slower: kernel launch gaps (the op count is
+recorded), caches (every operand is read from DRAM once per op; L2 is ignored), the efficiency of real
+kernels, and fusion (eager ops each round-trip DRAM; torch.compile fuses them, so compiled steps can
+beat the eager bound). Under FakeTensorMode on a CPU build the ops are the CPU build's: the same
+matmuls and flash attention, but composite RMSNorm and the CPU autocast policy (bench.estimate).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+
+import bench.flops  # noqa: F401  (registers the CPU flash and grouped-conv formulas in flop_registry)
+from bench.gpu_specs import GpuSpec
+
+aten = torch.ops.aten
+
+# Ops that allocate or describe memory without reading or writing it (views are found by `is_view`).
+NO_TRAFFIC = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty,
+                        aten.new_empty_strided, aten.lift_fresh})
+MATMUL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def accessed_bytes(t: torch.Tensor) -> int:
+    """Bytes one pass over `t` touches: broadcast (stride-0) dimensions are read once."""
+    numel = 1
+    for size, stride in zip(t.shape, t.stride()):
+        if stride != 0:
+            numel *= size
+    return numel * t.element_size()
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def _key(t: torch.Tensor) -> tuple:
+    return t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape), tuple(t.stride())
+
+
+def written_tensors(func, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
+    """The tensors the op writes: the arguments it mutates (in-place foreach ops return nothing) and
+    its outputs, unless every output is a view of an input (`_unsafe_view` is one without saying so)."""
+    written = {}
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.alias_info is not None and argument.alias_info.is_write:
+            value = args[index] if index < len(args) else kwargs.get(argument.name)
+            written.update((_key(t), t) for t in _tensors(value))
+    outputs = _tensors(out)
+    input_storages = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
+    if written or not all(t.untyped_storage()._cdata in input_storages for t in outputs):
+        written.update((_key(t), t) for t in outputs)
+    return list(written.values())
+
+
+@dataclass
+class OpCost:
+    """One operator's share of the bound, summed over its calls."""
+
+    name: str
+    calls: int = 0
+    flops: float = 0.0
+    bytes: float = 0.0
+    seconds: float = 0.0
+    compute_bound_s: float = 0.0  # the part of `seconds` from calls whose FLOPs term is the larger
+
+
+@dataclass
+class RooflineEstimate:
+    """The bound for one step; seconds and bytes, FLOPs as counted by torch's flop registry."""
+
+    gpu: str
+    dram_gb_per_s: float
+    peak_tflops: dict[str, float]
+    step_s: float
+    compute_bound_s: float  # time of ops whose FLOPs term is the larger
+    memory_bound_s: float  # time of ops whose bytes term is the larger
+    flops: float
+    bytes: float
+    ops: int  # ops that move data: roughly the kernels launched
+    top_ops: list[dict[str, Any]] = field(default_factory=list)
+
+    def mfu_bound(self, precision: str) -> float | None:
+        """The highest MFU this step could show: its FLOPs over the bound, against the peak MFU uses."""
+        peak = self.peak_tflops.get(precision)
+        return self.flops / self.step_s / (peak * 1e12) if peak and self.step_s else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RooflineMode(TorchDispatchMode):
+    """Costs every dispatched op against `spec`'s ceilings. fp32 matmuls use the tf32 peak if `tf32`."""
+
+    def __init__(self, spec: GpuSpec, tf32: bool = False) -> None:
+        super().__init__()
+        self.spec, self.tf32 = spec, tf32
+        self.costs: dict[str, OpCost] = defaultdict(lambda: OpCost(""))
+
+    def _precision(self, inputs: list[torch.Tensor]) -> str:
+        dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
+        return MATMUL_DTYPES.get(dtype, "tf32" if self.tf32 else "fp32")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if func.is_view or packet in NO_TRAFFIC:
+            return out
+        written = written_tensors(func, args, kwargs, out)
+        if not written:  # a view, a metadata query (prim.device, ...) or a scalar read: no kernel
+            return out
+        inputs = _tensors((args, kwargs))
+        moved = sum(accessed_bytes(t) for t in inputs) + sum(accessed_bytes(t) for t in written)
+        flops = float(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0.0
+        name, compute_s = str(packet), 0.0
+        if flops:
+            # Named by precision: an fp32 matmul left among bf16 ones is worth seeing on its own.
+            precision = self._precision(inputs)
+            name = f"{packet}[{precision}]"
+            compute_s = flops / ((self.spec.tflops.get(precision) or self.spec.tflops["tf32"]) * 1e12)
+        memory_s = moved / (self.spec.dram_gb_per_s * 1e9)
+        cost = self.costs[name]
+        cost.name = name
+        cost.calls += 1
+        cost.flops += flops
+        cost.bytes += moved
+        cost.seconds += max(compute_s, memory_s)
+        if compute_s > memory_s:
+            cost.compute_bound_s += compute_s
+        return out
+
+    def estimate(self, top: int = 12) -> RooflineEstimate:
+        costs = sorted(self.costs.values(), key=lambda c: c.seconds, reverse=True)
+        step_s = sum(c.seconds for c in costs)
+        compute_s = sum(c.compute_bound_s for c in costs)
+        top_ops = [dict(asdict(c), share=c.seconds / step_s if step_s else 0.0) for c in costs[:top]]
+        return RooflineEstimate(
+            gpu=self.spec.entry, dram_gb_per_s=self.spec.dram_gb_per_s, peak_tflops=dict(self.spec.tflops),
+            step_s=step_s, compute_bound_s=compute_s, memory_bound_s=step_s - compute_s,
+            flops=sum(c.flops for c in costs), bytes=sum(c.bytes for c in costs),
+            ops=sum(c.calls for c in costs), top_ops=top_ops)

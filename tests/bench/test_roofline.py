@@ -1,0 +1,138 @@
+"""The roofline cost model against hand-computed FLOPs, bytes and times, and inside bench.estimate."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cell import CellSpec
+from bench.estimate import estimate_cell
+from bench.gpu_specs import GpuSpec, find_gpu
+from bench.roofline import RooflineMode, accessed_bytes
+from models import Variant
+
+ROOT = Path(__file__).resolve().parents[2]
+# Round ceilings so the expected times are easy to state: 100 TFLOP/s bf16, 10 fp32, 50 tf32, 1 TB/s.
+SPEC = GpuSpec("Test", "Test GPU", {"bf16": 100.0, "fp16": 100.0, "tf32": 50.0, "fp32": 10.0}, 1000.0)
+
+
+def _costs(fn, tf32: bool = False) -> RooflineMode:
+    with RooflineMode(SPEC, tf32=tf32) as mode:
+        fn()
+    return mode
+
+
+@pytest.mark.parametrize("m, k, n", [(37, 53, 29), (512, 1024, 768)])
+def test_matmul_costs_the_larger_of_flops_and_bytes(m, k, n):
+    a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(k, n, dtype=torch.bfloat16)
+    mode = _costs(lambda: a @ b)
+    cost = mode.costs["aten.mm[bf16]"]
+    flops, moved = 2 * m * k * n, 2 * (m * k + k * n + m * n)
+    assert (cost.calls, cost.flops, cost.bytes) == (1, flops, moved)
+    assert cost.seconds == pytest.approx(max(flops / 100e12, moved / 1e12))
+    # The small product is memory-bound, the large one compute-bound at these ceilings.
+    compute_bound = flops / 100e12 > moved / 1e12
+    assert cost.compute_bound_s == (pytest.approx(flops / 100e12) if compute_bound else 0.0)
+
+
+@pytest.mark.parametrize("tf32, peak", [(False, 10e12), (True, 50e12)])
+def test_fp32_matmul_uses_the_fp32_or_tf32_peak(tf32, peak):
+    a, b = torch.randn(256, 512), torch.randn(512, 384)
+    cost = _costs(lambda: a @ b, tf32).costs["aten.mm[tf32]" if tf32 else "aten.mm[fp32]"]
+    moved = 4 * (256 * 512 + 512 * 384 + 256 * 384)
+    assert cost.seconds == pytest.approx(max(2 * 256 * 512 * 384 / peak, moved / 1e12))
+
+
+def test_broadcast_operand_is_read_once_and_views_cost_nothing():
+    x = torch.randn(7, 33)[:, ::3]  # non-contiguous: 7 x 11 elements touched
+    row = torch.randn(1, 11).expand(7, 11)  # stride 0 along the rows
+    assert accessed_bytes(row) == 11 * 4 and accessed_bytes(x) == 7 * 11 * 4
+
+    w = torch.randn(11, 5)
+
+    def ops():
+        y = x + row
+        y.t().unsqueeze(0)
+        y.view(77)
+        torch.matmul(y.view(1, 7, 11), w)  # mm, then _unsafe_view: a view its schema does not declare
+
+    mode = _costs(ops)
+    assert mode.costs["aten.add"].bytes == (7 * 11 + 11 + 7 * 11) * 4
+    assert mode.costs["aten.add"].flops == 0
+    assert set(mode.costs) == {"aten.add", "aten.mm[fp32]"}
+
+
+def test_in_place_and_foreach_ops_count_read_and_write_of_what_they_mutate():
+    params = [torch.randn(5, 3), torch.randn(17)]
+    grads = [torch.randn(5, 3), torch.randn(17)]
+    n = 15 + 17
+    mode = _costs(lambda: torch._foreach_add_(params, grads, alpha=0.1))
+    costs = {name: c for name, c in mode.costs.items() if "add" in name}
+    # params read, grads read, params written, however the build splits the foreach op.
+    assert sum(c.bytes for c in costs.values()) == 3 * n * 4
+    x = torch.randn(9, 4)
+    assert _costs(lambda: x.mul_(2.0)).costs["aten.mul_"].bytes == 2 * 36 * 4
+
+
+def test_estimate_sums_ops_and_bounds_mfu():
+    a, b = torch.randn(300, 200, dtype=torch.bfloat16), torch.randn(200, 100, dtype=torch.bfloat16)
+    mode = _costs(lambda: (a @ b).relu().sum())
+    est = mode.estimate(top=2)
+    assert est.step_s == pytest.approx(sum(c.seconds for c in mode.costs.values()))
+    assert est.ops == 3 and len(est.top_ops) == 2
+    assert est.top_ops[0]["seconds"] >= est.top_ops[1]["seconds"]
+    assert est.flops == 2 * 300 * 200 * 100
+    assert est.mfu_bound("bf16") == pytest.approx(est.flops / est.step_s / 100e12)
+    assert est.compute_bound_s + est.memory_bound_s == pytest.approx(est.step_s)
+    assert est.gpu == "Test GPU" and est.dram_gb_per_s == 1000.0
+
+
+def test_gpu_table_lookup_prefers_the_specific_name():
+    assert find_gpu("NVIDIA H100 80GB HBM3").entry == "H100 SXM"
+    assert find_gpu("NVIDIA H100 PCIe").dram_gb_per_s == 2000.0
+    assert find_gpu("NVIDIA H200").dram_gb_per_s == 4800.0
+    assert find_gpu("NVIDIA A100-SXM4-80GB").entry == "A100 SXM 80GB"
+    assert find_gpu("Intel Xeon") is None
+
+
+def test_estimate_cell_records_a_roofline_whose_flops_match_the_counter():
+    spec = CellSpec(variant=Variant().as_dict(), size="tiny", batch=2, device="cpu")
+    result = estimate_cell(spec, SPEC)
+    assert result.status == "ok", result.message
+    roofline = result.roofline
+    # Same flop registry, one pass over forward, backward and the optimizer step (which has no matmuls).
+    assert roofline["flops"] == pytest.approx(result.flops["total"])
+    assert roofline["step_s"] > 0 and roofline["ops"] > 100
+    assert roofline["bytes"] >= result.memory.param_bytes  # every weight is read at least once
+    assert roofline["mfu_bound"] == pytest.approx(roofline["flops"] / roofline["step_s"] / 10e12)  # fp32 peak
+    assert sum(op["share"] for op in roofline["top_ops"]) <= 1.0 + 1e-9
+
+
+def test_triton_variant_is_estimated_where_its_kernels_cannot_run():
+    # A fresh process without TRITON_INTERPRET (as `python -m bench.estimate` on a CPU): the kernels
+    # cannot launch here, yet the fake step needs only their custom ops' fake implementations.
+    code = (
+        "from bench.cell import CellSpec; from bench.estimate import estimate_cell\n"
+        "from bench.gpu_specs import find_gpu; from models import Variant, get_size\n"
+        "import kernels\n"
+        "v = Variant.modern().replace(norm='rmsnorm_triton', mlp='swiglu_triton', precision='bf16')\n"
+        "r = estimate_cell(CellSpec(variant=v.as_dict(), size='tiny', batch=2, device='cpu'))\n"
+        "assert r.status == 'ok', r.message\n"
+        "from bench.estimate import fake_training_step; from bench.roofline import RooflineMode\n"
+        "mode, step = fake_training_step(v, get_size('tiny'), 2)\n"
+        "with mode, RooflineMode(find_gpu('H100')) as roofline:\n"
+        "    step.backward(step.forward())\n"
+        "print(sorted(n for n in roofline.costs if n.startswith('ctclip_kernels')))\n"
+        "print(kernels.supports('cpu'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kernel_ops, reason = out.stdout.strip().splitlines()
+    assert kernel_ops == str(["ctclip_kernels.gated_backward", "ctclip_kernels.gated_forward",
+                              "ctclip_kernels.rmsnorm_backward", "ctclip_kernels.rmsnorm_forward"])
+    assert "without TRITON_INTERPRET=1" in reason  # real CPU tensors still cannot run them
