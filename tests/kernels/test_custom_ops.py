@@ -75,3 +75,19 @@ def test_fake_tensors_launch_nothing_and_show_one_op_per_kernel():
     kernel_ops = [n for n in log.names if n.startswith("ctclip_kernels.")]
     assert kernel_ops == ["ctclip_kernels.gated_forward", "ctclip_kernels.rmsnorm_forward",
                           "ctclip_kernels.rmsnorm_backward", "ctclip_kernels.gated_backward"]
+
+
+@pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
+def test_compiled_module_keeps_the_kernels_in_one_graph():
+    # torch.compile sees each launch as one opaque op: no graph break (fullgraph), eager's numbers.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 34), TritonSwiGLU(), TritonRMSNorm(17)).to(DEVICE)
+    x = _x(6, 5, 16)
+    model(x).square().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    compiled(x).square().sum().backward()
+    for got, want in zip([p.grad for p in model.parameters()], expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
