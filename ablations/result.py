@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench import store
+
 SCHEMA_VERSION = 1
 KIND = "accuracy"
 STATUSES = ("ok", "error", "unsupported", "diverged")
@@ -71,24 +73,9 @@ class AccuracyResult:
 
 
 def flatten(row: dict[str, Any]) -> dict[str, Any]:
-    """One CSV row: nested dicts joined with dots; curves, ROC points and per-class blocks left out."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        for key, item in value.items():
-            if key in _NOT_IN_CSV:
-                continue
-            name = f"{prefix}{key}"
-            if isinstance(item, dict):
-                walk(name + ".", item)
-            else:
-                out[name] = json.dumps(item) if isinstance(item, list) else item
-
-    walk("", row)
-    return out
-
-
-_NOT_IN_CSV = {"loss_curve", "roc", "per_class"}
+    """One CSV row: nested dicts joined with dots, lists as JSON; curves, ROC points and per-class
+    blocks left out (they stay in the JSONL)."""
+    return store.flatten(row, skip=("loss_curve", "roc", "per_class"), encode_list=json.dumps)
 
 
 def append_row(path: "str | Path", result: AccuracyResult) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from bench.result import Result
 
@@ -69,18 +69,21 @@ def repair(path: Path) -> str | None:
     return f"{path}: truncated last line ({len(data) - cut} bytes) moved to {path.name}.partial; its cell will rerun"
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> dotted keys; raw timing samples and per-op lists are left out (they stay in the JSONL)."""
+def _semicolon_joined(values: list) -> str:
+    return ";".join(str(v) for v in values)
+
+
+def flatten(data: Any, prefix: str = "", skip: Iterable[str] = ("samples", "profile", "top_ops"),
+            encode_list: Callable[[list], Any] = _semicolon_joined) -> dict[str, Any]:
+    """Nested dicts -> dotted keys, for CSV. Keys in `skip` are left out (bench rows: raw timing samples
+    and per-op lists, which stay in the JSONL); lists become one cell through `encode_list`."""
     out: dict[str, Any] = {}
     if isinstance(data, dict):
         for key, value in data.items():
-            if key in ("samples", "profile", "top_ops"):
-                continue
-            out.update(flatten(value, f"{prefix}{key}."))
+            if key not in skip:
+                out.update(flatten(value, f"{prefix}{key}.", skip, encode_list))
         return out
-    if isinstance(data, list):
-        data = ";".join(str(v) for v in data)
-    out[prefix.rstrip(".")] = data
+    out[prefix.rstrip(".")] = encode_list(data) if isinstance(data, list) else data
     return out
 
 

@@ -56,3 +56,15 @@ def test_csv_has_one_row_per_result_without_samples(tmp_path):
     assert rows[0]["stages.step.median"] == "0.02" and rows[0]["memory.param_bytes"] == "100"
     assert not any("samples" in column for column in rows[0])
     assert rows[1]["message"] == "boom"
+
+
+def test_flatten_joins_keys_skips_and_encodes_lists_as_asked():
+    row = {"a": 1, "m": {"x": 2, "samples": [1.0], "deep": {"y": None}}, "flags": ["p", "q"], "empty": {}}
+    assert store.flatten(row) == {"a": 1, "m.x": 2, "m.deep.y": None, "flags": "p;q"}
+    as_json = store.flatten(row, skip=("m",), encode_list=json.dumps)
+    assert as_json == {"a": 1, "flags": '["p", "q"]'}
+    # The accuracy rows use the JSON form and leave their curves out.
+    from ablations.result import flatten as accuracy_flatten
+
+    assert accuracy_flatten({"seed": 0, "loss_curve": [{"step": 1}], "classes": ["A", "B"]}) == {
+        "seed": 0, "classes": '["A", "B"]'}
