@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from models.optimizers import make_optimizer
+
 
 def param_groups(model: nn.Module, weight_decay: float, lr: "float | None" = None,
                  text_lr_scale: float = 1.0) -> list[dict]:
@@ -36,9 +38,10 @@ def param_groups(model: nn.Module, weight_decay: float, lr: "float | None" = Non
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01,
                     betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
-                    text_lr_scale: float = 1.0) -> torch.optim.AdamW:
+                    text_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW over the decay groups, foreach or fused as the model's variant says (models/optimizers.py)."""
     groups = param_groups(model, weight_decay, lr, text_lr_scale)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return make_optimizer(getattr(model, "variant", None), groups, lr=lr, betas=betas, eps=eps)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01) -> float:

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.optimizers import make_optimizer
+
 Mark = Callable[[], None]
 
 
@@ -26,9 +28,10 @@ class TrainStep:
                  lr: float = 1e-5) -> None:
         self.model = model
         self.volumes, self.input_ids, self.attention_mask = inputs
-        # AdamW as upstream trains CT-CLIP; foreach is torch's default multi-tensor path on every device.
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        precision = getattr(getattr(model, "variant", None), "precision", "fp32")
+        variant = getattr(model, "variant", None)
+        # AdamW as upstream trains CT-CLIP: torch's foreach path, or fused (the variant's optimizer axis).
+        self.optimizer = make_optimizer(variant, model.parameters(), lr=lr)
+        precision = getattr(variant, "precision", "fp32")
         device_type = self.volumes.device.type
         # fp16 autocast needs loss scaling to train; bf16 and fp32 do not (as upstream's AMP recipe).
         self.scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None

@@ -12,6 +12,7 @@ from models.ctclip import CTCLIP
 from models.losses import LOSSES
 from models.mlp import ACTIVATIONS
 from models.norms import NORMS
+from models.optimizers import OPTIMIZERS
 from models.position import POSITIONS
 from models.registry import Registry
 from models.text import TEXT_TOWERS
@@ -21,7 +22,7 @@ from models.vq import VQ_IMPLS
 # Axes whose every value is a registered backend with its own `supports`.
 AXIS_REGISTRIES: dict[str, Registry] = {
     "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
-    "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS,
+    "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS, "optimizer": OPTIMIZERS,
 }
 
 

@@ -30,12 +30,15 @@ AXES: dict[str, tuple[Any, ...]] = {
     "precision": ("fp32", "fp16", "bf16"),
     "checkpointing": (False, True),
     "compile": (False, True),
+    # How AdamW applies the update (models/optimizers.py): torch's foreach path, or one fused kernel.
+    "optimizer": ("adamw", "adamw_fused"),
 }
 
 # Abbreviations used in `Variant.key`; a key must stay stable because result files are named by it.
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
-    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "precision": "prec", "checkpointing": "ckpt", "compile": "compile",
+    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "precision": "prec", "checkpointing": "ckpt",
+    "compile": "compile", "optimizer": "opt",
 }
 
 
@@ -76,6 +79,7 @@ class Variant:
     precision: str = "fp32"
     checkpointing: bool = False
     compile: bool = False
+    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         for axis, valid in AXES.items():

@@ -37,6 +37,7 @@ FAITHFUL_OTHER = {
     "peg_layout": "upstream",
     "checkpointing": False,
     "compile": False,
+    "optimizer": "adamw",
 }
 _OTHER_NAMES = {
     "position": "pos",
@@ -46,6 +47,7 @@ _OTHER_NAMES = {
     "peg_layout": "PEG",
     "checkpointing": "ckpt",
     "compile": "compile",
+    "optimizer": "opt",
 }
 STATUS = {
     "ok": "ok",
