@@ -196,7 +196,20 @@ def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list
                       "the saved-activations column compares it with the cells' own accounting."]
     lines += ["", "Roofline step: every op of the eager step at its datasheet ceiling (bench.roofline), a lower "
                   "bound for eager kernels; measured / roofline is how far the real kernels are from it."]
-    return lines + [""], rows
+    return lines + [""] + _roofline_ops(estimates.values()), rows
+
+
+def _roofline_ops(estimates: Any, shown: int = 4) -> list[str]:
+    """Each paper-size estimate's costliest ops at the ceilings: what a faster variant must remove."""
+    lines = []
+    for e in estimates:
+        if e.size != "paper" or not e.roofline or not e.roofline.get("top_ops"):
+            continue
+        ops = ", ".join(f"`{op['name']}` {op['seconds'] * 1e3:.1f} ms" for op in e.roofline["top_ops"][:shown])
+        lines.append(f"- {e.variant_key}: {e.roofline['step_s'] * 1e3:.1f} ms at the ceilings; {ops}")
+    if not lines:
+        return []
+    return ["Costliest ops of each paper-size step at the ceilings (bench.roofline):", "", *lines, ""]
 
 
 def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], dict[str, Any]]:
