@@ -1,4 +1,5 @@
-"""Triton fused kernels for CT-CLIP's normalisation and gated feed-forward: RMSNorm, SwiGLU, GEGLU.
+"""Triton fused kernels for CT-CLIP's normalisation, gated feed-forward and attention prologue: RMSNorm,
+SwiGLU, GEGLU, and the per-head q/k L2-norm + scale + rotary embedding (TritonQKNormRope).
 
     from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
     if supports(device) is None:
@@ -22,15 +23,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["TritonGEGLU", "TritonRMSNorm", "TritonSwiGLU", "supports"]
+__all__ = ["TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU", "supports"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
     "TritonRMSNorm": "kernels.rmsnorm",
     "TritonSwiGLU": "kernels.swiglu",
     "TritonGEGLU": "kernels.swiglu",
+    "TritonQKNormRope": "kernels.qknorm_rope",
 }
-_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.swiglu")
+_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.swiglu", "kernels.qknorm_rope")
 
 
 def _interpret_env() -> bool:

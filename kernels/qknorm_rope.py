@@ -1,0 +1,331 @@
+"""Fused per-head QK L2-norm, learnable scale and optional rotary embedding, forward and backward, in Triton.
+
+Replaces CT-CLIP's attention prologue (models/attention.py, models/position.py's apply_rotary):
+
+    q = F.normalize(q, dim=-1) * q_scale;  q = apply_rotary(q, (cos, sin))   (the same for k)
+
+For each vector x = t[b, h, n, :] of length D, with all arithmetic in fp32 whatever the input dtype:
+
+    r = 1 / max(||x||_2, eps)                          (F.normalize's x / max(norm, eps))
+    y = x * r * scale
+    out = y * cos[n] + rotate_half(y) * sin[n],  rotate_half(y) = cat(-y[D/2:], y[:D/2])   (with rope)
+    out = y                                                                             (without)
+
+The forward saves r per row (fp32). With R the rotate_half map (R^T = -R) and dout the incoming gradient:
+
+    dy = dout * cos - rotate_half(dout * sin)          (dy = dout without rope)
+    xhat = x * r,  g = dy * scale
+    dx = r * (g - xhat * sum_d(g * xhat))              when ||x|| >= eps
+    dx = r * g                                         when ||x|| < eps: max() clamps the norm, so its
+                                                       gradient stops there, as in PyTorch's autograd
+    dscale = sum over rows of dy * xhat
+
+dscale is reduced in two deterministic stages as in kernels/rmsnorm.py: per-program fp32 partials, then
+one `sum` over the programs. cos and sin are constants (no gradient).
+
+Layout. t is (B, H, N, D) with any strides: in the model it is the rearranged view of a (B, N, H*D)
+projection, unit-stride along D with h and n interleaved. The kernels take the three outer strides, so
+only a non-unit stride along D costs a copy. Each row is handled as its two halves, [0, ceil(D/2)) and
+[ceil(D/2), D), each a power-of-two BLOCK_H wide with masking: rotate_half then pairs lane i of one half
+with lane i of the other, with no gather. Odd D is fine without rope (the second half is one narrower).
+
+Output dtype. The output is a fresh contiguous (B, H, N, D) tensor in t's dtype, whereas PyTorch's
+expression promotes to fp32 (scale is an fp32 parameter). Under autocast the attention kernels cast q and
+k to the autocast dtype anyway, so writing t's dtype loses nothing and halves the writes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from kernels._launch import (check_float, interpreting, next_pow2, num_warps, output_buffer,
+                             persistent_programs, rows_per_tile)
+
+# Whether the kernels below were defined for the interpreter (read by kernels.supports).
+INTERPRETED = interpreting()
+# A head wider than this would want a different tiling; CT-CLIP's are 32 (paper) and 16 (tiny model).
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _strided_rows(rows, n_heads, n_seq, stride_b, stride_h, stride_n):
+    """Element offset of each row (b, h, n) of a strided (B, H, N, D) tensor, and its n."""
+    n = rows % n_seq
+    bh = rows // n_seq
+    return (bh // n_heads) * stride_b + (bh % n_heads) * stride_h + n * stride_n, n
+
+
+@triton.jit
+def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, stride_n,
+                             n_rows, n_heads, n_seq, n_cols, eps,
+                             BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, ROPE: tl.constexpr):
+    # int64 row indices: offsets overflow int32 beyond 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_H)
+    half = (n_cols + 1) // 2
+    row_ok = rows < n_rows
+    ok1 = cols < half
+    ok2 = cols < n_cols - half
+    m1 = row_ok[:, None] & ok1[None, :]
+    m2 = row_ok[:, None] & ok2[None, :]
+    offset, n = _strided_rows(rows, n_heads, n_seq, stride_b, stride_h, stride_n)
+    first = T + offset[:, None] + cols[None, :]
+    # Upcast on load: the interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy we promise.
+    x1 = tl.load(first, mask=m1, other=0.0).to(tl.float32)
+    x2 = tl.load(first + half, mask=m2, other=0.0).to(tl.float32)
+    # IEEE-rounded sqrt and division (Triton's defaults are approximate): per row, so free, and they keep
+    # fp32 results within an ulp or two of F.normalize's.
+    norm = tl.sqrt_rn(tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1))
+    r = tl.div_rn(1.0, tl.maximum(norm, eps))
+    s1 = tl.load(SCALE + cols, mask=ok1, other=0.0).to(tl.float32)
+    s2 = tl.load(SCALE + half + cols, mask=ok2, other=0.0).to(tl.float32)
+    y1 = x1 * r[:, None] * s1[None, :]
+    y2 = x2 * r[:, None] * s2[None, :]
+    if ROPE:
+        # cos/sin are (N, D) contiguous: row n of the table serves every (b, h).
+        table = n[:, None] * n_cols + cols[None, :]
+        c1 = tl.load(COS + table, mask=m1, other=0.0).to(tl.float32)
+        c2 = tl.load(COS + table + half, mask=m2, other=0.0).to(tl.float32)
+        sn1 = tl.load(SIN + table, mask=m1, other=0.0).to(tl.float32)
+        sn2 = tl.load(SIN + table + half, mask=m2, other=0.0).to(tl.float32)
+        o1 = y1 * c1 - y2 * sn1
+        o2 = y2 * c2 + y1 * sn2
+    else:
+        o1 = y1
+        o2 = y2
+    out = OUT + rows[:, None] * n_cols + cols[None, :]
+    tl.store(out, o1.to(OUT.dtype.element_ty), mask=m1)
+    tl.store(out + half, o2.to(OUT.dtype.element_ty), mask=m2)
+    tl.store(R + rows, r, mask=row_ok)
+
+
+@triton.jit
+def _qk_norm_rope_bwd_kernel(DOUT, T, SCALE, R, COS, SIN, DT, DSCALE_PARTIAL,
+                             sd_b, sd_h, sd_n, st_b, st_h, st_n, n_rows, n_heads, n_seq, n_cols, eps,
+                             TILES_PER_PROGRAM: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_H: tl.constexpr, ROPE: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_H)
+    half = (n_cols + 1) // 2
+    ok1 = cols < half
+    ok2 = cols < n_cols - half
+    s1 = tl.load(SCALE + cols, mask=ok1, other=0.0).to(tl.float32)
+    s2 = tl.load(SCALE + half + cols, mask=ok2, other=0.0).to(tl.float32)
+    # Per-element accumulators, reduced over rows once at the end rather than once per tile.
+    acc1 = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    # A contiguous run of row tiles per program, tiles past the end fully masked; the trip count is a
+    # constexpr because the interpreter (with numpy >= 2.4) cannot loop to a runtime bound.
+    first_tile = pid.to(tl.int64) * TILES_PER_PROGRAM
+    for tile in range(0, TILES_PER_PROGRAM):
+        rows = (first_tile + tile) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        m1 = row_ok[:, None] & ok1[None, :]
+        m2 = row_ok[:, None] & ok2[None, :]
+        t_off, n = _strided_rows(rows, n_heads, n_seq, st_b, st_h, st_n)
+        d_off, _ = _strided_rows(rows, n_heads, n_seq, sd_b, sd_h, sd_n)
+        x_first = T + t_off[:, None] + cols[None, :]
+        x1 = tl.load(x_first, mask=m1, other=0.0).to(tl.float32)
+        x2 = tl.load(x_first + half, mask=m2, other=0.0).to(tl.float32)
+        d_first = DOUT + d_off[:, None] + cols[None, :]
+        d1 = tl.load(d_first, mask=m1, other=0.0).to(tl.float32)
+        d2 = tl.load(d_first + half, mask=m2, other=0.0).to(tl.float32)
+        r = tl.load(R + rows, mask=row_ok, other=0.0)
+        if ROPE:
+            table = n[:, None] * n_cols + cols[None, :]
+            c1 = tl.load(COS + table, mask=m1, other=0.0).to(tl.float32)
+            c2 = tl.load(COS + table + half, mask=m2, other=0.0).to(tl.float32)
+            sn1 = tl.load(SIN + table, mask=m1, other=0.0).to(tl.float32)
+            sn2 = tl.load(SIN + table + half, mask=m2, other=0.0).to(tl.float32)
+            # The transposed rotation: R^T = -R.
+            dy1 = d1 * c1 + d2 * sn2
+            dy2 = d2 * c2 - d1 * sn1
+        else:
+            dy1 = d1
+            dy2 = d2
+        xh1 = x1 * r[:, None]
+        xh2 = x2 * r[:, None]
+        acc1 += dy1 * xh1
+        acc2 += dy2 * xh2
+        g1 = dy1 * s1[None, :]
+        g2 = dy2 * s2[None, :]
+        dot = tl.sum(g1 * xh1, axis=1) + tl.sum(g2 * xh2, axis=1)
+        # Recomputed exactly as in the forward (same rounding), so the clamp decision matches it: where
+        # max() chose eps, the norm gets no gradient and only r * g remains, as in PyTorch's autograd.
+        norm = tl.sqrt_rn(tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1))
+        dot = tl.where(norm >= eps, dot, 0.0)
+        dx1 = r[:, None] * (g1 - xh1 * dot[:, None])
+        dx2 = r[:, None] * (g2 - xh2 * dot[:, None])
+        dx_first = DT + rows[:, None] * n_cols + cols[None, :]
+        tl.store(dx_first, dx1.to(DT.dtype.element_ty), mask=m1)
+        tl.store(dx_first + half, dx2.to(DT.dtype.element_ty), mask=m2)
+    partial = DSCALE_PARTIAL + pid * n_cols
+    tl.store(partial + cols, tl.sum(acc1, axis=0), mask=ok1)
+    tl.store(partial + half + cols, tl.sum(acc2, axis=0), mask=ok2)
+
+
+def _blocks(n_rows: int, n_cols: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_H): rows per tile and the power-of-two width of each half-row block."""
+    block_h = next_pow2((n_cols + 1) // 2)
+    return rows_per_tile(2 * block_h, n_rows), block_h
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its last dimension is unit-stride (the kernels take the outer strides), else a copy."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def _check_forward(t: torch.Tensor, scale: torch.Tensor, cos: Optional[torch.Tensor],
+                   sin: Optional[torch.Tensor]) -> None:
+    check_float(t, "QK-norm input")
+    if t.dim() != 4:
+        raise ValueError(f"QK-norm input must be (B, H, N, D), got shape {tuple(t.shape)}")
+    n_seq, dim = t.shape[2], t.shape[3]
+    if dim > MAX_HEAD_DIM:
+        raise ValueError(f"QK-norm handles heads up to {MAX_HEAD_DIM} wide, got {dim}")
+    if scale.shape != (dim,):
+        raise ValueError(f"QK-norm scale has shape {tuple(scale.shape)}, expected ({dim},)")
+    if (cos is None) != (sin is None):
+        raise ValueError("rope needs both cos and sin")
+    if cos is not None and sin is not None:
+        if dim % 2:
+            raise ValueError(f"rotary embedding needs an even head dimension, got {dim}")
+        if cos.shape != (n_seq, dim) or sin.shape != (n_seq, dim):
+            raise ValueError(f"rope cos/sin must be ({n_seq}, {dim}), got {tuple(cos.shape)} and "
+                             f"{tuple(sin.shape)}")
+        check_float(cos, "rope cos")
+        check_float(sin, "rope sin")
+
+
+def _outer_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+# Each launch is a torch custom op (see kernels/rmsnorm.py for why).
+@torch.library.custom_op("ctclip_kernels::qk_norm_rope_forward", mutates_args=())
+def qk_norm_rope_forward(t: torch.Tensor, scale: torch.Tensor, cos: Optional[torch.Tensor],
+                         sin: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """out (contiguous, t's shape and dtype) and the per-row fp32 r = 1/max(||x||, eps), shape [B*H*N]."""
+    _check_forward(t, scale, cos, sin)
+    t = _unit_last(t)
+    batch, heads, n_seq, dim = t.shape
+    n_rows = batch * heads * n_seq
+    out = output_buffer((n_rows, dim), t.dtype, t.device, INTERPRETED)
+    r = torch.empty(n_rows, dtype=torch.float32, device=t.device)
+    if n_rows and dim:
+        rope = cos is not None and sin is not None
+        # Without rope the table pointers are never read: any tensor will do.
+        cos_arg, sin_arg = (cos.contiguous(), sin.contiguous()) if rope else (r, r)
+        block_m, block_h = _blocks(n_rows, dim)
+        _qk_norm_rope_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+            t, scale.contiguous(), cos_arg, sin_arg, out, r, *_outer_strides(t),
+            n_rows, heads, n_seq, dim, float(eps),
+            BLOCK_M=block_m, BLOCK_H=block_h, ROPE=rope, num_warps=num_warps(block_m * 2 * block_h))
+    return out.to(t.dtype).view(t.shape), r
+
+
+@qk_norm_rope_forward.register_fake
+def _(t: torch.Tensor, scale: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
+      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_forward(t, scale, cos, sin)
+    return t.new_empty(t.shape), t.new_empty(t.shape[0] * t.shape[1] * t.shape[2], dtype=torch.float32)
+
+
+@torch.library.custom_op("ctclip_kernels::qk_norm_rope_backward", mutates_args=())
+def qk_norm_rope_backward(dout: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, r: torch.Tensor,
+                          cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dt contiguous in t's shape and dtype, dscale in scale's dtype) from the forward's saved r."""
+    t = _unit_last(t)
+    dout = _unit_last(dout)
+    batch, heads, n_seq, dim = t.shape
+    n_rows = batch * heads * n_seq
+    dt = output_buffer((n_rows, dim), t.dtype, t.device, INTERPRETED)
+    if not (n_rows and dim):
+        return dt.to(t.dtype).view(t.shape), torch.zeros_like(scale)
+    rope = cos is not None and sin is not None
+    cos_arg, sin_arg = (cos.contiguous(), sin.contiguous()) if rope else (r, r)
+    block_m, block_h = _blocks(n_rows, dim)
+    n_tiles = triton.cdiv(n_rows, block_m)
+    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
+    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(t.device, n_tiles)))
+    programs = triton.cdiv(n_tiles, tiles_per_program)
+    partial = torch.empty((programs, dim), dtype=torch.float32, device=t.device)
+    _qk_norm_rope_bwd_kernel[(programs,)](
+        dout, t, scale.contiguous(), r, cos_arg, sin_arg, dt, partial,
+        *_outer_strides(dout), *_outer_strides(t), n_rows, heads, n_seq, dim, float(eps),
+        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_H=block_h, ROPE=rope,
+        num_warps=num_warps(block_m * 2 * block_h))
+    # Second stage of the dscale reduction: a fixed-shape sum, so the result is bitwise reproducible.
+    return dt.to(t.dtype).view(t.shape), partial.sum(0).to(scale.dtype)
+
+
+@qk_norm_rope_backward.register_fake
+def _(dout: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, r: torch.Tensor,
+      cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
+      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return t.new_empty(t.shape), torch.empty_like(scale)
+
+
+class TritonQKNormRopeFunction(torch.autograd.Function):
+    """Autograd wrapper: saves t (unit-stride view), scale and the fp32 per-row r; cos/sin get no gradient."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, scale: torch.Tensor, cos: Optional[torch.Tensor],
+                sin: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+        # The view the kernel reads, saved as is: the model's rearranged q/k are never copied.
+        t_view = _unit_last(t)
+        out, r = qk_norm_rope_forward(t_view, scale, cos, sin, eps)
+        ctx.save_for_backward(t_view, scale, r, cos, sin)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        t_view, scale, r, cos, sin = ctx.saved_tensors
+        dt, dscale = qk_norm_rope_backward(dout, t_view, scale, r, cos, sin, ctx.eps)
+        return (dt if ctx.needs_input_grad[0] else None, dscale if ctx.needs_input_grad[1] else None,
+                None, None, None)
+
+
+def triton_qk_norm_rope(t: torch.Tensor, scale: torch.Tensor,
+                        rope: "tuple[torch.Tensor, torch.Tensor] | None" = None,
+                        eps: float = 1e-12) -> torch.Tensor:
+    """F.normalize(t, dim=-1) * scale, then apply_rotary(., rope) if given; differentiable in t and scale.
+
+    t is (B, H, N, D) with any strides; rope is (cos, sin), each (N, D). Returns a contiguous tensor in
+    t's dtype (see the module docstring).
+    """
+    cos, sin = rope if rope is not None else (None, None)
+    return TritonQKNormRopeFunction.apply(t, scale, cos, sin, eps)
+
+
+class TritonQKNormRope(nn.Module):
+    """Fused `apply_rotary(F.normalize(t, dim=-1) * scale, rope)` for one of q or k.
+
+    Owns the per-dimension `scale` (ones at init, like CT-CLIP's q_scale / k_scale). The output has t's
+    dtype; arithmetic is fp32 inside the kernel for every input dtype.
+    """
+
+    def __init__(self, dim_head: int, eps: float = 1e-12, device: "torch.device | str | None" = None,
+                 dtype: "torch.dtype | None" = None) -> None:
+        super().__init__()
+        if dim_head > MAX_HEAD_DIM:
+            raise ValueError(f"TritonQKNormRope handles heads up to {MAX_HEAD_DIM} wide, got {dim_head}")
+        self.dim_head = dim_head
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim_head, device=device, dtype=dtype))
+
+    def forward(self, t: torch.Tensor,
+                rope: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> torch.Tensor:
+        if t.shape[-1] != self.dim_head:
+            raise ValueError(f"TritonQKNormRope({self.dim_head}) got input of shape {tuple(t.shape)}")
+        return triton_qk_norm_rope(t, self.scale, rope, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim_head}, eps={self.eps}"
