@@ -14,6 +14,7 @@ from models.mlp import ACTIVATIONS
 from models.norms import NORMS
 from models.optimizers import OPTIMIZERS
 from models.position import POSITIONS
+from models.qk_norm import QK_NORMS
 from models.registry import Registry
 from models.text import TEXT_TOWERS
 from models.variant import Size, Variant, get_size
@@ -22,7 +23,7 @@ from models.vq import VQ_IMPLS
 # Axes whose every value is a registered backend with its own `supports`.
 AXIS_REGISTRIES: dict[str, Registry] = {
     "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
-    "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS, "optimizer": OPTIMIZERS,
+    "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS, "optimizer": OPTIMIZERS, "qk_norm": QK_NORMS,
 }
 
 

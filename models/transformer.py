@@ -26,7 +26,7 @@ class Layer(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, ff_inner: int, variant, stage: str) -> None:
         super().__init__()
         self.peg = PEG(dim, stage, variant.peg_layout)
-        self.attn = Attention(dim, heads, dim_head, variant.norm, variant.attention)
+        self.attn = Attention(dim, heads, dim_head, variant.norm, variant.attention, variant.qk_norm)
         self.ff = FeedForward(dim, ff_inner, variant.norm, variant.mlp)
 
     def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None") -> torch.Tensor:

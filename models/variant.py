@@ -32,13 +32,15 @@ AXES: dict[str, tuple[Any, ...]] = {
     "compile": (False, True),
     # How AdamW applies the update (models/optimizers.py): torch's foreach path, or one fused kernel.
     "optimizer": ("adamw", "adamw_fused"),
+    # How attention normalises, scales and rotates q and k (models/qk_norm.py): PyTorch ops or one kernel.
+    "qk_norm": ("eager", "triton"),
 }
 
 # Abbreviations used in `Variant.key`; a key must stay stable because result files are named by it.
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
     "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "precision": "prec", "checkpointing": "ckpt",
-    "compile": "compile", "optimizer": "opt",
+    "compile": "compile", "optimizer": "opt", "qk_norm": "qk",
 }
 
 
@@ -80,6 +82,7 @@ class Variant:
     checkpointing: bool = False
     compile: bool = False
     optimizer: str = "adamw"
+    qk_norm: str = "eager"
 
     def __post_init__(self) -> None:
         for axis, valid in AXES.items():

@@ -38,6 +38,7 @@ FAITHFUL_OTHER = {
     "checkpointing": False,
     "compile": False,
     "optimizer": "adamw",
+    "qk_norm": "eager",
 }
 _OTHER_NAMES = {
     "position": "pos",
@@ -48,6 +49,7 @@ _OTHER_NAMES = {
     "checkpointing": "ckpt",
     "compile": "compile",
     "optimizer": "opt",
+    "qk_norm": "QK-norm",
 }
 STATUS = {
     "ok": "ok",

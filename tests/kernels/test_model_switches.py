@@ -38,6 +38,25 @@ def test_triton_switches_match_pytorch_switches(mlp, module):
     batch = models.example_batch("tiny", device=DEVICE)
     loss_ref, grads_ref = loss_and_grads(reference, batch)
     loss, grads = loss_and_grads(model, batch)
+    assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+
+
+@pytest.mark.parametrize("position", ["rope", "cpb", "none"])
+def test_triton_qk_norm_matches_eager(position):
+    # Every attention layer's q/k prologue through the kernel: with the rotary table (spatial layers under
+    # RoPE), without it (temporal layers, and every layer under cpb's additive bias or none).
+    reference_variant = models.Variant.modern().replace(position=position, attention="math")
+    reference = models.build(reference_variant, "tiny", device=DEVICE)
+    model = models.build(reference_variant.replace(qk_norm="triton"), "tiny", device=DEVICE)
+    model.load_state_dict(reference.state_dict())
+    batch = models.example_batch("tiny", device=DEVICE)
+    loss_ref, grads_ref = loss_and_grads(reference, batch)
+    loss, grads = loss_and_grads(model, batch)
+    assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+    assert any("q_scale" in name for name in grads)
+
+
+def assert_same_training_signal(loss, grads, loss_ref, grads_ref) -> None:
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert grads.keys() == grads_ref.keys() and len(grads) > 50
     # Some gradients are ~0 in exact arithmetic (a bias feeding a softmax), so the absolute tolerance
