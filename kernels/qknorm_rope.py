@@ -61,6 +61,25 @@ def _strided_rows(rows, n_heads, n_seq, stride_b, stride_h, stride_n):
 
 
 @triton.jit
+def _load_halves(first, half, m1, m2):
+    """A tile's two half-rows from `first` (pointers to each row's element 0), upcast to fp32: the
+    interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy the kernels promise."""
+    x1 = tl.load(first, mask=m1, other=0.0).to(tl.float32)
+    x2 = tl.load(first + half, mask=m2, other=0.0).to(tl.float32)
+    return x1, x2
+
+
+@triton.jit
+def _load_rope(COS, SIN, n, cols, half, n_cols, m1, m2):
+    """cos and sin of each row's position n, as half-rows; the (N, D) tables are contiguous, so row n
+    serves every (b, h)."""
+    table = n[:, None] * n_cols + cols[None, :]
+    c1, c2 = _load_halves(COS + table, half, m1, m2)
+    sn1, sn2 = _load_halves(SIN + table, half, m1, m2)
+    return c1, c2, sn1, sn2
+
+
+@triton.jit
 def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, stride_n,
                              n_rows, n_heads, n_seq, n_cols, eps,
                              BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, ROPE: tl.constexpr):
@@ -74,25 +93,16 @@ def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, str
     m1 = row_ok[:, None] & ok1[None, :]
     m2 = row_ok[:, None] & ok2[None, :]
     offset, n = _strided_rows(rows, n_heads, n_seq, stride_b, stride_h, stride_n)
-    first = T + offset[:, None] + cols[None, :]
-    # Upcast on load: the interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy we promise.
-    x1 = tl.load(first, mask=m1, other=0.0).to(tl.float32)
-    x2 = tl.load(first + half, mask=m2, other=0.0).to(tl.float32)
+    x1, x2 = _load_halves(T + offset[:, None] + cols[None, :], half, m1, m2)
     # IEEE-rounded sqrt and division (Triton's defaults are approximate): per row, so free, and they keep
     # fp32 results within an ulp or two of F.normalize's.
     norm = tl.sqrt_rn(tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1))
     r = tl.div_rn(1.0, tl.maximum(norm, eps))
-    s1 = tl.load(SCALE + cols, mask=ok1, other=0.0).to(tl.float32)
-    s2 = tl.load(SCALE + half + cols, mask=ok2, other=0.0).to(tl.float32)
+    s1, s2 = _load_halves(SCALE + cols, half, ok1, ok2)
     y1 = x1 * r[:, None] * s1[None, :]
     y2 = x2 * r[:, None] * s2[None, :]
     if ROPE:
-        # cos/sin are (N, D) contiguous: row n of the table serves every (b, h).
-        table = n[:, None] * n_cols + cols[None, :]
-        c1 = tl.load(COS + table, mask=m1, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + table + half, mask=m2, other=0.0).to(tl.float32)
-        sn1 = tl.load(SIN + table, mask=m1, other=0.0).to(tl.float32)
-        sn2 = tl.load(SIN + table + half, mask=m2, other=0.0).to(tl.float32)
+        c1, c2, sn1, sn2 = _load_rope(COS, SIN, n, cols, half, n_cols, m1, m2)
         o1 = y1 * c1 - y2 * sn1
         o2 = y2 * c2 + y1 * sn2
     else:
@@ -114,8 +124,7 @@ def _qk_norm_rope_bwd_kernel(DOUT, T, SCALE, R, COS, SIN, DT, DSCALE_PARTIAL,
     half = (n_cols + 1) // 2
     ok1 = cols < half
     ok2 = cols < n_cols - half
-    s1 = tl.load(SCALE + cols, mask=ok1, other=0.0).to(tl.float32)
-    s2 = tl.load(SCALE + half + cols, mask=ok2, other=0.0).to(tl.float32)
+    s1, s2 = _load_halves(SCALE + cols, half, ok1, ok2)
     # Per-element accumulators, reduced over rows once at the end rather than once per tile.
     acc1 = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
@@ -129,19 +138,11 @@ def _qk_norm_rope_bwd_kernel(DOUT, T, SCALE, R, COS, SIN, DT, DSCALE_PARTIAL,
         m2 = row_ok[:, None] & ok2[None, :]
         t_off, n = _strided_rows(rows, n_heads, n_seq, st_b, st_h, st_n)
         d_off, _ = _strided_rows(rows, n_heads, n_seq, sd_b, sd_h, sd_n)
-        x_first = T + t_off[:, None] + cols[None, :]
-        x1 = tl.load(x_first, mask=m1, other=0.0).to(tl.float32)
-        x2 = tl.load(x_first + half, mask=m2, other=0.0).to(tl.float32)
-        d_first = DOUT + d_off[:, None] + cols[None, :]
-        d1 = tl.load(d_first, mask=m1, other=0.0).to(tl.float32)
-        d2 = tl.load(d_first + half, mask=m2, other=0.0).to(tl.float32)
+        x1, x2 = _load_halves(T + t_off[:, None] + cols[None, :], half, m1, m2)
+        d1, d2 = _load_halves(DOUT + d_off[:, None] + cols[None, :], half, m1, m2)
         r = tl.load(R + rows, mask=row_ok, other=0.0)
         if ROPE:
-            table = n[:, None] * n_cols + cols[None, :]
-            c1 = tl.load(COS + table, mask=m1, other=0.0).to(tl.float32)
-            c2 = tl.load(COS + table + half, mask=m2, other=0.0).to(tl.float32)
-            sn1 = tl.load(SIN + table, mask=m1, other=0.0).to(tl.float32)
-            sn2 = tl.load(SIN + table + half, mask=m2, other=0.0).to(tl.float32)
+            c1, c2, sn1, sn2 = _load_rope(COS, SIN, n, cols, half, n_cols, m1, m2)
             # The transposed rotation: R^T = -R.
             dy1 = d1 * c1 + d2 * sn2
             dy2 = d2 * c2 - d1 * sn1
