@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import TritonRMSNorm, TritonSwiGLU, supports
 from kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from kernels.swiglu import gated_backward, gated_forward
+from tests.kernels.oplog import OpLog
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ops = torch.ops.ctclip_kernels
@@ -49,23 +49,13 @@ def test_opcheck_gated(activation):
     assert gated_backward(dout, x, activation).shape == x.shape
 
 
-class _OpLog(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func._overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
 def test_fake_tensors_launch_nothing_and_show_one_op_per_kernel():
     # Fake tensors have no data, so a real launch would fail: passing shows the fake paths ran.
     # No interpreter or GPU is needed for that, so this test runs everywhere.
     with FakeTensorMode():
         norm, act = TritonRMSNorm(24), TritonSwiGLU()
         x = torch.randn(5, 7, 48, dtype=torch.bfloat16, requires_grad=True)
-        log = _OpLog()
+        log = OpLog()
         with log:
             y = act(x)
             z = norm(y)

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import TritonQKNormRope, supports
 from kernels.qknorm_rope import qk_norm_rope_backward, qk_norm_rope_forward, triton_qk_norm_rope
 from tests.kernels.accuracy import assert_fa_rule
+from tests.kernels.oplog import OpLog
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-12
@@ -164,27 +164,17 @@ def test_zero_and_tiny_vectors_follow_f_normalize(use_rope):
     assert got[0][0, 1, 4].abs().max() > 1e-3  # the tiny vector is scaled by 1/eps, not normalised
 
 
-class _OpLog(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func._overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
 @needs_kernels
 def test_model_view_is_read_in_place():
     t = model_view(*SHAPE, 16, torch.float32).requires_grad_(True)
     rope, scale = make_rope(SHAPE[2], 16), make_scale(16)
-    with _OpLog() as log:
+    with OpLog() as log:
         out = triton_qk_norm_rope(t, scale, rope)
     assert out.is_contiguous()
     assert not {"aten.clone", "aten.copy_", "aten._to_copy"} & set(log.names), log.names
     # A non-unit stride along D is copied once, and the result is still right.
     wide = torch.randn(*t.shape[:-1], 32, device=DEVICE)[..., ::2]
-    with _OpLog() as log:
+    with OpLog() as log:
         strided = triton_qk_norm_rope(wide, scale, rope)
     assert "aten.clone" in log.names
     torch.testing.assert_close(strided, pytorch_expression(wide, scale, rope), rtol=1e-5, atol=1e-6)
@@ -214,7 +204,7 @@ def test_fake_tensors_launch_nothing():
         x = torch.randn(3, 7, 4 * 16, dtype=torch.bfloat16)
         t = x.view(3, 7, 4, 16).permute(0, 2, 1, 3).requires_grad_(True)
         rope = (torch.randn(7, 16), torch.randn(7, 16))
-        with _OpLog() as log:
+        with OpLog() as log:
             out = module(t, rope)
             out.sum().backward()
         assert (out.shape, out.dtype) == ((3, 4, 7, 16), torch.bfloat16)
