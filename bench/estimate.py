@@ -124,7 +124,8 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
             step.zero_grad()
         # FLOPs and the roofline in a second pass: FlopCounterMode's module hooks keep tensors alive through
         # a checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
-        roofline = RooflineMode(gpu, tf32=matmul_precision(variant.precision, "cuda") == "tf32")
+        precision = matmul_precision(variant.precision, "cuda")  # the matmul precision MFU's peak is for
+        roofline = RooflineMode(gpu, tf32=precision == "tf32")
         with roofline:
             with counter() as fwd:
                 loss = step.forward()
@@ -141,7 +142,9 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
         }
     forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
     flops = {"forward": forward, "backward": backward, "total": forward + backward}
-    return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op, "roofline": roofline.estimate()}
+    bound = roofline.estimate()
+    return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op,
+            "roofline": dict(bound.to_dict(), mfu_bound=bound.mfu_bound(precision))}
 
 
 def _create_optimizer_state(step: TrainStep) -> None:
@@ -174,9 +177,7 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU) -> Result:
             for key, value in out["memory"].items():
                 setattr(result.memory, key, value)
             result.flops = out["flops"]
-            roofline = out["roofline"]
-            result.roofline = dict(roofline.to_dict(),
-                                   mfu_bound=roofline.mfu_bound(matmul_precision(variant.precision, "cuda")))
+            result.roofline = out["roofline"]
             result.message = f"FakeTensorMode on the CPU build; largest transient from {out['largest_op']}"
             result.status = "ok"
         except Exception as exc:

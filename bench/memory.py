@@ -16,7 +16,7 @@ import torch
 from bench.result import Memory
 
 
-def _storage_id(t: torch.Tensor) -> int:
+def storage_id(t: torch.Tensor) -> int:
     # _cdata identifies the storage for real, fake and meta tensors alike (data_ptr is 0 for fakes).
     return t.untyped_storage()._cdata
 
@@ -29,12 +29,12 @@ class SavedBytes:
     """
 
     def __init__(self, params: Iterable[torch.Tensor] = ()) -> None:
-        self._param_storages = {_storage_id(p) for p in params}
+        self._param_storages = {storage_id(p) for p in params}
         self._seen: dict[int, int] = {}
         self._hooks = None
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        sid = _storage_id(t)
+        sid = storage_id(t)
         if sid not in self._param_storages:
             self._seen[sid] = t.untyped_storage().nbytes()
         return t
@@ -56,7 +56,7 @@ def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
     seen: dict[int, int] = {}
     for t in tensors:
         if isinstance(t, torch.Tensor):
-            seen[_storage_id(t)] = t.untyped_storage().nbytes()
+            seen[storage_id(t)] = t.untyped_storage().nbytes()
     return sum(seen.values())
 
 

@@ -28,6 +28,7 @@ from torch.utils.flop_counter import flop_registry
 
 import bench.flops  # noqa: F401  (registers the CPU flash and grouped-conv formulas in flop_registry)
 from bench.gpu_specs import GpuSpec
+from bench.memory import storage_id
 
 aten = torch.ops.aten
 
@@ -51,7 +52,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def _key(t: torch.Tensor) -> tuple:
-    return t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape), tuple(t.stride())
+    return storage_id(t), t.storage_offset(), tuple(t.shape), tuple(t.stride())
 
 
 def written_tensors(func, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
@@ -63,8 +64,8 @@ def written_tensors(func, args: tuple, kwargs: dict, out: Any) -> list[torch.Ten
             value = args[index] if index < len(args) else kwargs.get(argument.name)
             written.update((_key(t), t) for t in _tensors(value))
     outputs = _tensors(out)
-    input_storages = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
-    if written or not all(t.untyped_storage()._cdata in input_storages for t in outputs):
+    input_storages = {storage_id(t) for t in _tensors((args, kwargs))}
+    if written or not all(storage_id(t) in input_storages for t in outputs):
         written.update((_key(t), t) for t in outputs)
     return list(written.values())
 
