@@ -1,5 +1,6 @@
 """Triton fused kernels for CT-CLIP's normalisation, gated feed-forward and attention prologue: RMSNorm,
-SwiGLU, GEGLU, and the per-head q/k L2-norm + scale + rotary embedding (TritonQKNormRope).
+SwiGLU, GEGLU, the per-head q/k L2-norm + scale + rotary embedding (TritonQKNormRope), and the VQ's
+nearest-code search (nearest_code: argmax of x @ codes^T without the score matrix).
 
     from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
     if supports(device) is None:
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU", "supports"]
+__all__ = ["TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU", "nearest_code", "supports"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
@@ -31,8 +32,9 @@ _LAZY = {
     "TritonSwiGLU": "kernels.swiglu",
     "TritonGEGLU": "kernels.swiglu",
     "TritonQKNormRope": "kernels.qknorm_rope",
+    "nearest_code": "kernels.vq_nearest",
 }
-_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.swiglu", "kernels.qknorm_rope")
+_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.swiglu", "kernels.qknorm_rope", "kernels.vq_nearest")
 
 
 def _interpret_env() -> bool:

@@ -21,8 +21,9 @@ AXES: dict[str, tuple[Any, ...]] = {
     "loss": ("softmax", "siglip"),
     "text": ("bert-base", "minilm"),
     "vq": (True, False),
-    # How the VQ computes (models/vq.py): upstream's one-hot matrices, or the same result in slices.
-    "vq_impl": ("onehot", "chunked"),
+    # How the VQ computes (models/vq.py): upstream's one-hot matrices, the same result in slices, or
+    # the slices' EMA with the nearest-code search in one Triton kernel (tf32 scores, never stored).
+    "vq_impl": ("onehot", "chunked", "triton"),
     # How the temporal-stage PEG restores its 5-D grid. `upstream` reproduces CT-CLIP's raw reshape,
     # which (tokens laid out b,h,w,t) silently makes the conv's depth axis the image rows, its row axis
     # the columns and its column axis depth; `corrected` rearranges to the true (t, h, w) grid.

@@ -16,6 +16,10 @@ Reproduces `vector_quantize_pytorch==1.1.2` (the version upstream CT-CLIP pins) 
 same EMA update without the (tokens x codes) matrices: distances and argmax a slice of tokens at a
 time, and the EMA's counts and sums by index_add. At paper size, batch 4, those matrices
 are 55,296 x 8,192: 1.7 GiB of fp32 distances, a 3.4 GiB int64 one-hot and its 1.7 GiB fp32 copy.
+`triton` is `chunked` with the search in one kernel (kernels/vq_nearest.py) whose scores use tf32
+tensor cores and never leave registers: the same code wherever the best code leads the runner-up by
+more than tf32's resolution of a cosine (4e-3 at worst, kernels/vq_nearest.py); within that, either
+may be picked.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.norms import _kernels_reason
 from models.registry import Registry
 
 VQ_IMPLS: Registry[type] = Registry("vq_impl")
@@ -93,3 +98,17 @@ class ChunkedCosineVQ(CosineVQ):
         bins = flat.new_zeros(self.codebook_size).index_add_(0, index, flat.new_ones(()).expand(len(index)))
         sums = flat.new_zeros(self.codebook_size, flat.shape[-1]).index_add_(0, index, flat)
         return bins, sums
+
+
+def _vq_kernel_reason(variant, device: torch.device) -> "str | None":
+    return _needs_vq(variant, device) or _kernels_reason(variant, device)
+
+
+@VQ_IMPLS.register("triton", supports=_vq_kernel_reason,
+                   doc="chunked's EMA; the search in one Triton kernel, tf32 scores never materialised")
+class TritonCosineVQ(ChunkedCosineVQ):
+    def _nearest(self, flat: torch.Tensor, normed_codes: torch.Tensor) -> tuple[torch.Tensor, None]:
+        from kernels.vq_nearest import nearest_code
+
+        # The argmax has no gradient; detaching keeps autograd from asking the custom op for a formula.
+        return nearest_code(flat.detach(), normed_codes, "tf32"), None

@@ -56,6 +56,22 @@ def test_triton_qk_norm_matches_eager(position):
     assert any("q_scale" in name for name in grads)
 
 
+def test_triton_vq_search_matches_the_chunked_vq():
+    # The same codes (fp32 in the interpreter), so the same loss, gradients and EMA-updated codebook.
+    reference_variant = models.Variant.modern().replace(vq_impl="chunked", attention="math")
+    reference = models.build(reference_variant, "tiny", device=DEVICE)
+    model = models.build(reference_variant.replace(vq_impl="triton"), "tiny", device=DEVICE)
+    model.load_state_dict(reference.state_dict())
+    assert type(model.visual_encoder.vq).__name__ == "TritonCosineVQ"
+    before = model.visual_encoder.vq.embed.clone()
+    batch = models.example_batch("tiny", device=DEVICE)
+    loss_ref, grads_ref = loss_and_grads(reference, batch)
+    loss, grads = loss_and_grads(model, batch)
+    assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+    assert not torch.equal(model.visual_encoder.vq.embed, before)  # the EMA moved the codebook
+    torch.testing.assert_close(model.visual_encoder.vq.embed, reference.visual_encoder.vq.embed)
+
+
 def assert_same_training_signal(loss, grads, loss_ref, grads_ref) -> None:
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert grads.keys() == grads_ref.keys() and len(grads) > 50

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from models import Variant
 from models.attention import Attention
 from models.peg import PEG
 from models import vq as vq_module
@@ -99,8 +100,11 @@ def _upstream_vq_step(embed, cluster_size, x, decay=0.8):
     return quantize.reshape(x.shape), embed.lerp(embed_normalized, 1 - decay), cluster_size
 
 
-@pytest.mark.parametrize("impl", ["onehot", "chunked"])
+@pytest.mark.parametrize("impl", ["onehot", "chunked", "triton"])
 def test_vq_forward_ema_update_and_straight_through_gradient(impl, monkeypatch):
+    # triton's tf32 search is fp32 in the interpreter, so it must give upstream's codes exactly here.
+    if reason := VQ_IMPLS.supports(impl, Variant(vq_impl=impl), "cpu"):
+        pytest.skip(reason)
     monkeypatch.setattr(vq_module, "CHUNK_TOKENS", 5)  # 22 tokens: slices of 5, 5, 5, 5 and 2
     vq = VQ_IMPLS.get(impl).impl(dim=8, codebook_size=16).train()
     # Non-contiguous input; 22 tokens over 16 codes leave some codes empty (the EMA keeps those).
