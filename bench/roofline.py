@@ -36,6 +36,10 @@ aten = torch.ops.aten
 NO_TRAFFIC = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty,
                         aten.new_empty_strided, aten.lift_fresh})
 MATMUL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+# A custom op that states its matmul input precision (ctclip_kernels::nearest_code's tl.dot) in an
+# argument of this name: its fp32 products run at that precision whatever torch's TF32 setting.
+STATED_PRECISION_ARG = "input_precision"
+STATED_PRECISIONS = {"tf32": "tf32", "ieee": "fp32"}
 
 
 def accessed_bytes(t: torch.Tensor) -> int:
@@ -49,6 +53,15 @@ def accessed_bytes(t: torch.Tensor) -> int:
 
 def _tensors(value: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def stated_precision(func, args: tuple, kwargs: dict) -> "str | None":
+    """"tf32" or "fp32" when the op says how it rounds fp32 matmul inputs (STATED_PRECISION_ARG)."""
+    for index, argument in enumerate(func._schema.arguments):
+        if argument.name == STATED_PRECISION_ARG:
+            value = kwargs.get(argument.name, args[index] if index < len(args) else argument.default_value)
+            return STATED_PRECISIONS.get(value)
+    return None
 
 
 def _key(t: torch.Tensor) -> tuple:
@@ -114,9 +127,9 @@ class RooflineMode(TorchDispatchMode):
         self.spec, self.tf32 = spec, tf32
         self.costs: dict[str, OpCost] = defaultdict(lambda: OpCost(""))
 
-    def _precision(self, inputs: list[torch.Tensor]) -> str:
+    def _precision(self, inputs: list[torch.Tensor], stated: "str | None") -> str:
         dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
-        return MATMUL_DTYPES.get(dtype, "tf32" if self.tf32 else "fp32")
+        return MATMUL_DTYPES.get(dtype, stated or ("tf32" if self.tf32 else "fp32"))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -133,7 +146,7 @@ class RooflineMode(TorchDispatchMode):
         name, compute_s = str(packet), 0.0
         if flops:
             # Named by precision: an fp32 matmul left among bf16 ones is worth seeing on its own.
-            precision = self._precision(inputs)
+            precision = self._precision(inputs, stated_precision(func, args, kwargs))
             name = f"{packet}[{precision}]"
             compute_s = flops / ((self.spec.tflops.get(precision) or self.spec.tflops["tf32"]) * 1e12)
         memory_s = moved / (self.spec.dram_gb_per_s * 1e9)

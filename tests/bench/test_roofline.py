@@ -46,6 +46,24 @@ def test_fp32_matmul_uses_the_fp32_or_tf32_peak(tf32, peak):
     assert cost.seconds == pytest.approx(max(2 * 256 * 512 * 384 / peak, moved / 1e12))
 
 
+@pytest.mark.parametrize("stated, tf32, name, peak", [("tf32", False, "tf32", 50e12), ("ieee", True, "fp32", 10e12),
+                                                    (None, True, "tf32", 50e12)])
+def test_a_custom_op_stating_its_input_precision_is_costed_at_that_peak(stated, tf32, name, peak):
+    # kernels/vq_nearest's op rounds fp32 inputs as its argument says, whatever torch's TF32 setting;
+    # without the argument (default "tf32") the op's default is what counts. Fake tensors: no launch.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kernels.vq_nearest import nearest_code
+
+    with FakeTensorMode():
+        x, book = torch.randn(4096, 512), torch.randn(8192, 512)
+        cost = _costs(lambda: nearest_code(x, book, stated) if stated else nearest_code(x, book),
+                      tf32).costs[f"ctclip_kernels.nearest_code[{name}]"]
+    flops, moved = 2 * 4096 * 8192 * 512, 4 * (4096 * 512 + 8192 * 512) + 8 * 4096
+    assert (cost.flops, cost.bytes) == (flops, moved)
+    assert cost.seconds == pytest.approx(max(flops / peak, moved / 1e12))
+
+
 def test_broadcast_operand_is_read_once_and_views_cost_nothing():
     x = torch.randn(7, 33)[:, ::3]  # non-contiguous: 7 x 11 elements touched
     row = torch.randn(1, 11).expand(7, 11)  # stride 0 along the rows
