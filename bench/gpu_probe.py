@@ -8,8 +8,9 @@ of every cell it measures), so everything else that needs the device runs here, 
               and the dense bf16 matmul rate (8192^3), each beside the datasheet peak where known
     supports  models.supports() of every planned cell on this device, so gpu_check records unsupported
               cells without spawning a process for each
-    kernels   kernels.bench's measuring loop at the model's shapes, one (case, provider) at a time
-              until --kernels-deadline (a time.time() value), rewriting its files after each
+    kernels   kernels.bench_vq's nearest-code search (four providers), then kernels.bench's measuring
+              loop at the model's shapes, one (case, provider) at a time until --kernels-deadline (a
+              time.time() value), rewriting its files after each
 
 On a CPU (gpu_check --dry-run) the same steps run with small tensors, a perf_counter timer and the
 Triton kernels in the interpreter (TRITON_INTERPRET=1 set by the parent), so every line is exercised.
@@ -32,6 +33,9 @@ GPU_COPY_BYTES = 1 << 30
 GPU_MATMUL_N = 8192
 DRY_COPY_BYTES = 16 << 20
 DRY_MATMUL_N = 256
+# (tokens, codes, dim) of the VQ search: the paper's batch of 4 against its codebook; a small odd one.
+GPU_VQ_SHAPE = (4 * 13824, 8192, 512)
+DRY_VQ_SHAPE = (200, 300, 32)
 
 
 def perf_counter_timer(repeats: int) -> Callable:
@@ -97,6 +101,7 @@ def step_supports(device: torch.device, cells_path: Path | None) -> dict:
 
 def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: Path, deadline: float,
                  dry_run: bool) -> dict:
+    from kernels import bench_vq
     from kernels import supports as kernel_supports
     from kernels.bench import (FF_INNER, RMSNORM_WIDTH, TOKENS_PER_VOLUME, Case, environment, run, table,
                                write)
@@ -113,6 +118,10 @@ def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: P
         providers = ("triton", "eager", "compile", "liger")
     env = environment(device, copy_gbps)
     env["l2_flushed"] = device.type == "cuda"
+    # The VQ search first: a few seconds, and the roofline's largest fp32 term in the target variants.
+    vq_rows = bench_vq.run(*(DRY_VQ_SHAPE if dry_run else GPU_VQ_SHAPE), bench_vq.PROVIDERS, timer, device,
+                           log=lambda line: print(f"gpu_probe: {line}", flush=True))
+    bench_vq.write(vq_rows, env, out / "kernels")
     results, skipped = [], []
     for case in cases:
         for provider in providers:
@@ -123,7 +132,7 @@ def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: P
                            log=lambda line: print(f"gpu_probe: {line}", flush=True))
             write(results, env, out / "kernels")
             (out / "kernels" / "table.md").write_text(table(results) + "\n")
-    return {"status": "ok", "rows": len(results), "skipped": skipped,
+    return {"status": "ok", "rows": len(results), "vq_rows": len(vq_rows), "skipped": skipped,
             "note": f"{len(skipped)} (case, provider) pairs skipped: the kernels budget ran out" if skipped else ""}
 
 

@@ -219,11 +219,9 @@ def _measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, 
             status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
             rows.append({**row, "status": status, "note": reason})
             continue
-        ms = statistics.median(samples)
-        gbps = case.bytes_moved(mode) / (ms * 1e-3) / 1e9
-        rows.append({**row, "status": "ok", "bytes": case.bytes_moved(mode), "ms_p50": ms,
-                     "ms_p20": _quantile(samples, 0.2), "ms_p80": _quantile(samples, 0.8),
-                     "n_samples": len(samples), "gbps": gbps,
+        times = time_summary(samples)
+        gbps = case.bytes_moved(mode) / (times["ms_p50"] * 1e-3) / 1e9
+        rows.append({**row, "status": "ok", "bytes": case.bytes_moved(mode), **times, "gbps": gbps,
                      "frac_copy_bw": gbps / copy_gbps if copy_gbps else math.nan})
     return rows
 
@@ -233,6 +231,12 @@ def _quantile(samples: list, q: float) -> float:
     pos = q * (len(ordered) - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_summary(samples: list) -> dict:
+    """Median, 20th and 80th percentile milliseconds of a timer's samples, and how many there were."""
+    return {"ms_p50": statistics.median(samples), "ms_p20": _quantile(samples, 0.2),
+            "ms_p80": _quantile(samples, 0.8), "n_samples": len(samples)}
 
 
 def do_bench_timer(warmup_ms: int, rep_ms: int) -> Timer:

@@ -20,6 +20,7 @@ import pytest
 
 from bench.gpu_check import Budget
 from bench.gpu_plan import make_plan
+from kernels import bench_vq
 from models import Variant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +144,9 @@ def test_dry_run_goes_through_every_part(dry_run):
     kernels = json.loads((out / "probe" / "kernels" / "kernels_bench.json").read_text())["rows"]
     assert {(r["kernel"], r["provider"]) for r in kernels if r["status"] == "ok"} == {
         (k, p) for k in ("rmsnorm", "swiglu", "geglu") for p in ("triton", "eager")}
+    vq_search = json.loads((out / "probe" / "kernels" / "vq_search.json").read_text())["rows"]
+    assert [(r["provider"], r["status"]) for r in vq_search] == [(p, "ok") for p in bench_vq.PROVIDERS]
+    assert "| triton_tf32 | 200 x 300 x 32 |" in (out / "summary.md").read_text()
     for name in ("paper-bf16", "targets", "ofat-tiny", "paper-fp16"):
         assert (out / "results" / f"{name}.jsonl").exists(), name
         assert (out / "report" / name / "efficiency.md").exists(), name
