@@ -96,3 +96,57 @@ def test_kernel_fwd_bwd_model_shape(benchmark, kernel, provider):
     params = [x, *module.parameters()]
     measure_cuda(benchmark, lambda: module(x).backward(dy), setup=lambda: clear_grads(*params))
     benchmark.extra_info.update(kernel=kernel, provider=provider, rows=KERNEL_ROWS, width=width, dtype="bf16")
+
+
+# The attention prologue at the paper's spatial layers: 4 volumes x 24 slabs, 8 heads, 24 x 24 tokens, D 32.
+QK_SHAPE = (4 * 24, 8, 576, 32)
+
+
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+def test_qk_norm_rope_fwd_bwd_model_shape(benchmark, provider):
+    from kernels import supports as kernel_supports
+    from models.position import AxialRotary
+    from models.qk_norm import QK_NORMS
+
+    device = torch.device("cuda")
+    if provider == "triton" and (reason := kernel_supports(device)):
+        pytest.skip(reason)
+    batch, heads, n_seq, dim = QK_SHAPE
+    gen = torch.Generator(device=device).manual_seed(0)
+    # q as the model makes it: a (B, H, N, D) view of the (B, N, H*D) projection, bf16 under autocast.
+    proj = torch.randn(batch, n_seq, heads * dim, generator=gen, device=device).bfloat16()
+    proj.requires_grad_(True)
+    t = proj.view(batch, n_seq, heads, dim).transpose(1, 2)
+    scale = (torch.rand(dim, generator=gen, device=device) + 0.5).requires_grad_(True)
+    rope = AxialRotary(dim)(24, 24, device).rope
+    qk_norm = QK_NORMS.get(provider).impl
+    out = qk_norm(t, scale, rope)
+    dout = torch.randn(out.shape, generator=gen, device=device).to(out.dtype)
+
+    # Correctness first (FlashAttention's rule): the output's error against fp64 is at most 2x eager bf16's.
+    reference = QK_NORMS.get("eager").impl(t.double(), scale.double(), tuple(r.double() for r in rope))
+    eager_error = (QK_NORMS.get("eager").impl(t, scale, rope).double() - reference).abs().max().item()
+    assert (out.double() - reference).abs().max().item() <= 2 * eager_error + 1e-6
+
+    measure_cuda(benchmark, lambda: qk_norm(t, scale, rope).backward(dout),
+                 setup=lambda: clear_grads(proj, scale))
+    benchmark.extra_info.update(kernel="qk_norm_rope", provider=provider, shape=list(QK_SHAPE), dtype="bf16")
+
+
+@pytest.mark.parametrize("provider", ["triton_tf32", "torch_fp32"])
+def test_vq_search_model_shape(benchmark, provider):
+    from kernels import bench_vq
+    from kernels import supports as kernel_supports
+
+    device = torch.device("cuda")
+    if provider.startswith("triton") and (reason := kernel_supports(device)):
+        pytest.skip(reason)
+    size = SIZES["paper"]
+    x, codes = bench_vq.inputs(KERNEL_ROWS, size.codebook_size, size.dim, device)
+    search = bench_vq.search_fn(provider)
+    best, picked = bench_vq.fp64_scores_of(x, codes, search(x, codes))
+    # tf32 picks a code within 4e-3 of the best at worst (kernels/vq_nearest.py); fp32 all but exactly.
+    assert (best - picked).max().item() <= (4e-3 if provider.endswith("tf32") else 1e-5)
+    measure_cuda(benchmark, lambda: search(x, codes))
+    benchmark.extra_info.update(kernel="vq_search", provider=provider, tokens=KERNEL_ROWS,
+                                codes=size.codebook_size, dim=size.dim)
