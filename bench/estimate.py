@@ -21,7 +21,8 @@ paper-size step by 3 GiB (24.1 against 27.2 GiB).
 
 as rows of the result schema with kind="estimate". Fake tensors are CPU tensors, so kernel choice is
 the CPU build's (SDPA -> CPU flash; fake CUDA tensors abort the process on a CPU build): CUDA-only
-variants are recorded unsupported here too. The Triton kernels are torch custom ops with fake
+variants are recorded unsupported here too, and attention with dropout (BERT's) is sent to the fused
+kernel a GPU would run rather than the CPU's fp32 math path (bench.gpu_dispatch). The Triton kernels are torch custom ops with fake
 implementations, so Triton variants are estimated (one op per kernel launch) where they cannot run. When a GPU measurement of the same cell exists, reports
 show predicted against measured.
 """
@@ -45,6 +46,7 @@ from bench.config import parse_with_config
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.flops import counter, matmul_precision
+from bench.gpu_dispatch import fuse_attention_dropout
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
@@ -54,6 +56,9 @@ from bench.table import render
 from models import SIZES, Size, Variant, build, example_batch, get_size, supports
 
 DEFAULT_GPU = find_gpu("H100 SXM")
+# Whose kernel choices the fake step follows where they differ (attention with dropout, bench.gpu_dispatch):
+# a GPU's (what a paper-size prediction is for) or the CPU build's (what a CPU cell really runs).
+KERNEL_CHOICES = ("gpu", "cpu")
 
 
 def _fakeify(model: torch.nn.Module, mode) -> None:
@@ -83,13 +88,18 @@ def fake_inputs(mode, size: Size, batch: int) -> tuple[torch.Tensor, torch.Tenso
     return volumes, mode.from_tensor(ids), mode.from_tensor(mask)
 
 
-def fake_training_step(variant: Variant, size: Size, batch: int) -> tuple[Any, TrainStep]:
+def fake_training_step(variant: Variant, size: Size, batch: int, kernels: str = "gpu") -> tuple[Any, TrainStep]:
     """A TrainStep on fake tensors in the steady state a measured cell times from (see
-    `_create_optimizer_state`), and the FakeTensorMode to run it in."""
+    `_create_optimizer_state`), and the FakeTensorMode to run it in. `kernels`: whose kernel choices to
+    follow where a GPU's and the CPU build's differ (KERNEL_CHOICES)."""
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
     mode = FakeTensorMode()
     with mode:
         model = build(variant, size, device="cpu")
     _fakeify(model, mode)
+    if kernels == "gpu":
+        fuse_attention_dropout(model)  # BERT's attention as a GPU runs it: one fused kernel
     volumes, ids, mask = fake_inputs(mode, size, batch)
     with mode:
         step = TrainStep(model, (volumes, ids, mask))
@@ -107,10 +117,11 @@ def resident_tensors(step: TrainStep) -> list[torch.Tensor]:
             step.attention_mask, *state]
 
 
-def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DEFAULT_GPU) -> dict[str, Any]:
+def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DEFAULT_GPU,
+                     kernels: str = "gpu") -> dict[str, Any]:
     """Memory (bytes), FLOPs and the roofline step time on `gpu` of one training step of `variant`,
-    computed on fake tensors."""
-    mode, step = fake_training_step(variant, size, batch)
+    computed on fake tensors with `kernels`' kernel choices (KERNEL_CHOICES)."""
+    mode, step = fake_training_step(variant, size, batch, kernels)
     model = step.model
     with mode:
         tracker = AllocationTracker(resident_tensors(step))
@@ -157,7 +168,7 @@ def _create_optimizer_state(step: TrainStep) -> None:
     step.zero_grad()
 
 
-def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU) -> Result:
+def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, kernels: str = "gpu") -> Result:
     started = time.perf_counter()
     variant = spec.variant_obj
     result = base_result(spec, "error", kind="estimate")
@@ -173,12 +184,13 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU) -> Result:
         result.status, result.reason = "unsupported", reason
     else:
         try:
-            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu)
+            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, kernels)
             for key, value in out["memory"].items():
                 setattr(result.memory, key, value)
             result.flops = out["flops"]
             result.roofline = out["roofline"]
-            result.message = f"FakeTensorMode on the CPU build; largest transient from {out['largest_op']}"
+            result.message = (f"FakeTensorMode on the CPU build, {kernels} kernel choices; largest transient "
+                              f"from {out['largest_op']}")
             result.status = "ok"
         except Exception as exc:
             result.status, result.message = classify_exception(exc)
@@ -198,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the size preset's)")
     p.add_argument("--gpu", default=DEFAULT_GPU.needle, help="GPU whose datasheet ceilings the roofline step "
                    "time uses (a substring of its CUDA name, e.g. H100, H200, A100-SXM4-80GB)")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="gpu", help="whose kernel choices to follow "
+                   "where they differ (attention with dropout): a GPU's, or the CPU build's (to compare with CPU "
+                   "cells)")
     p.add_argument("--out", default="results", help="directory for result files")
     return p
 
@@ -225,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell in cells:
         spec = CellSpec(variant=cell.variant.as_dict(), size=size.name, batch=batch, device="cpu",
                         design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host, git=git)
-        result = estimate_cell(spec, gpu)
+        result = estimate_cell(spec, gpu, args.kernels)
         result.env = environment(device)
         store.append(path, result)
         rows.append(result)
