@@ -22,9 +22,10 @@ paper-size step by 3 GiB (24.1 against 27.2 GiB).
 as rows of the result schema with kind="estimate". Fake tensors are CPU tensors, so kernel choice is
 the CPU build's (SDPA -> CPU flash; fake CUDA tensors abort the process on a CPU build): CUDA-only
 variants are recorded unsupported here too, and attention with dropout (BERT's) is sent to the fused
-kernel a GPU would run rather than the CPU's fp32 math path (bench.gpu_dispatch). The Triton kernels are torch custom ops with fake
-implementations, so Triton variants are estimated (one op per kernel launch) where they cannot run. When a GPU measurement of the same cell exists, reports
-show predicted against measured.
+kernel a GPU would run rather than the CPU's fp32 math path (bench.gpu_dispatch). The Triton kernels
+are torch custom ops with fake implementations, so Triton variants are estimated (one op per kernel
+launch) where they cannot run. When a GPU measurement of the same cell exists, reports show predicted
+against measured.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def fake_inputs(mode, size: Size, batch: int) -> tuple[torch.Tensor, torch.Tenso
     return volumes, mode.from_tensor(ids), mode.from_tensor(mask)
 
 
-def fake_training_step(variant: Variant, size: Size, batch: int, kernels: str = "gpu") -> tuple[Any, TrainStep]:
+def fake_training_step(variant: Variant, size: Size, batch: int,
+                       kernels: str = "gpu") -> tuple[Any, TrainStep]:
     """A TrainStep on fake tensors in the steady state a measured cell times from (see
     `_create_optimizer_state`), and the FakeTensorMode to run it in. `kernels`: whose kernel choices to
     follow where a GPU's and the CPU build's differ (KERNEL_CHOICES)."""
@@ -210,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the size preset's)")
     p.add_argument("--gpu", default=DEFAULT_GPU.needle, help="GPU whose datasheet ceilings the roofline step "
                    "time uses (a substring of its CUDA name, e.g. H100, H200, A100-SXM4-80GB)")
-    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="gpu", help="whose kernel choices to follow "
-                   "where they differ (attention with dropout): a GPU's, or the CPU build's (to compare with CPU "
-                   "cells)")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="gpu",
+                   help="whose kernel choices to follow where they differ (attention with dropout): a GPU's, "
+                   "or the CPU build's (to compare with CPU cells)")
     p.add_argument("--out", default="results", help="directory for result files")
     return p
 
