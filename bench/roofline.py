@@ -56,7 +56,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def stated_precision(func, args: tuple, kwargs: dict) -> "str | None":
-    """"tf32" or "fp32" when the op says how it rounds fp32 matmul inputs (STATED_PRECISION_ARG)."""
+    """The matmul precision ("tf32" or "fp32") an op states in its STATED_PRECISION_ARG, or None."""
     for index, argument in enumerate(func._schema.arguments):
         if argument.name == STATED_PRECISION_ARG:
             value = kwargs.get(argument.name, args[index] if index < len(args) else argument.default_value)

@@ -18,8 +18,7 @@ time, and the EMA's counts and sums by index_add. At paper size, batch 4, those 
 are 55,296 x 8,192: 1.7 GiB of fp32 distances, a 3.4 GiB int64 one-hot and its 1.7 GiB fp32 copy.
 `triton` is `chunked` with the search in one kernel (kernels/vq_nearest.py) whose scores use tf32
 tensor cores and never leave registers: the same code wherever the best code leads the runner-up by
-more than tf32's resolution of a cosine (4e-3 at worst, kernels/vq_nearest.py); within that, either
-may be picked.
+more than tf32's resolution of a cosine (4e-3 at worst); within that, either may be picked.
 """
 
 from __future__ import annotations
