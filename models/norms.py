@@ -40,17 +40,30 @@ class BiasFreeLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.weight, None, self.eps)
 
 
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm whose weight follows the input's dtype.
+# Whether this build's autocast policy for a device runs rms_norm in fp32 (CUDA's does, since torch 2.x;
+# the CPU's does not). A fact of the build, read once: torch.compile cannot trace the dispatcher query.
+_AUTOCAST_UPCASTS_RMS_NORM = {
+    device: torch._C._dispatch_has_kernel_for_dispatch_key("aten::rms_norm", key)
+    for device, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA"))
+}
 
-    Under autocast the input arrives in fp16/bf16 while the weight stays fp32; torch.rms_norm then
-    refuses its fused kernel ("Cannot dispatch to fused implementation") and runs the composite one,
-    which saves more for backward. Casting the weight, as the Triton kernel's output dtype also does,
-    keeps the fused path; in fp32 nothing changes.
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight follows the input's dtype where autocast leaves the two apart.
+
+    Under an autocast that does not cover rms_norm (the CPU's) the input arrives in fp16/bf16 while the
+    weight stays fp32; torch.rms_norm then refuses its fused kernel ("Cannot dispatch to fused
+    implementation") and runs the composite one, which saves more for backward. Casting the weight, as
+    the Triton kernel's output dtype also does, keeps the fused path. CUDA's autocast upcasts both to
+    fp32 itself, so there the weight is left alone rather than rounded to bf16 and back.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(x.dtype) if self.weight is not None else None
+        weight = self.weight
+        device = x.device.type
+        if weight is not None and not (torch.is_autocast_enabled(device)
+                                       and _AUTOCAST_UPCASTS_RMS_NORM.get(device, False)):
+            weight = weight.to(x.dtype)
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
