@@ -21,8 +21,11 @@ paper-size step by 3 GiB (24.1 against 27.2 GiB).
 
 as rows of the result schema with kind="estimate". Fake tensors are CPU tensors, so kernel choice is
 the CPU build's (SDPA -> CPU flash; fake CUDA tensors abort the process on a CPU build): CUDA-only
-variants are recorded unsupported here too, and attention with dropout (BERT's) is sent to the fused
-kernel a GPU would run rather than the CPU's fp32 math path (bench.gpu_dispatch). The Triton kernels
+variants are recorded unsupported here too. Where the CPU build's dispatch would misstate a GPU step,
+the CUDA build's is modelled (`--dispatch cuda`, the default; bench.gpu_dispatch): its autocast policy
+(softmax, norms, sums in fp32; bench.cuda_autocast), attention with dropout (BERT's) as one fused
+kernel rather than the CPU's fp32 math path, and rms_norm as one `_fused_rms_norm` rather than its
+decomposition. `--dispatch cpu` keeps the CPU build's, to compare with CPU cells. The Triton kernels
 are torch custom ops with fake implementations, so Triton variants are estimated (one op per kernel
 launch) where they cannot run. When a GPU measurement of the same cell exists, reports show predicted
 against measured.
@@ -35,7 +38,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -47,7 +51,7 @@ from bench.config import parse_with_config
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.flops import counter, matmul_precision
-from bench.gpu_dispatch import fuse_attention_dropout
+from bench.gpu_dispatch import cuda_dispatch, fuse_attention_dropout
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
@@ -57,9 +61,22 @@ from bench.table import render
 from models import SIZES, Size, Variant, build, example_batch, get_size, supports
 
 DEFAULT_GPU = find_gpu("H100 SXM")
-# Whose kernel choices the fake step follows where they differ (attention with dropout, bench.gpu_dispatch):
-# a GPU's (what a paper-size prediction is for) or the CPU build's (what a CPU cell really runs).
-KERNEL_CHOICES = ("gpu", "cpu")
+# Whose dispatch the fake step follows where the two builds differ (autocast policy, attention with
+# dropout, rms_norm; bench.gpu_dispatch): the CUDA build's (what a paper-size prediction is for) or the
+# CPU build's (what a CPU cell really runs).
+DISPATCH_CHOICES = ("cuda", "cpu")
+
+
+def _check_dispatch(dispatch: str) -> None:
+    if dispatch not in DISPATCH_CHOICES:
+        raise ValueError(f"dispatch must be one of {DISPATCH_CHOICES}, got {dispatch!r}")
+
+
+def dispatch_context(dispatch: str) -> ContextManager[None]:
+    """What a fake step of `dispatch`'s choices runs under (attention is chosen when the model is built,
+    in `fake_training_step`)."""
+    _check_dispatch(dispatch)
+    return cuda_dispatch() if dispatch == "cuda" else nullcontext()
 
 
 def _fakeify(model: torch.nn.Module, mode) -> None:
@@ -90,17 +107,17 @@ def fake_inputs(mode, size: Size, batch: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def fake_training_step(variant: Variant, size: Size, batch: int,
-                       kernels: str = "gpu") -> tuple[Any, TrainStep]:
+                       dispatch: str = "cuda") -> tuple[Any, TrainStep]:
     """A TrainStep on fake tensors in the steady state a measured cell times from (see
-    `_create_optimizer_state`), and the FakeTensorMode to run it in. `kernels`: whose kernel choices to
-    follow where a GPU's and the CPU build's differ (KERNEL_CHOICES)."""
-    if kernels not in KERNEL_CHOICES:
-        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    `_create_optimizer_state`), and the FakeTensorMode to run it in. `dispatch`: whose choices to follow
+    where the CUDA and the CPU build differ (DISPATCH_CHOICES); run the step under
+    `dispatch_context(dispatch)` for the choices made as ops are dispatched."""
+    _check_dispatch(dispatch)
     mode = FakeTensorMode()
     with mode:
         model = build(variant, size, device="cpu")
     _fakeify(model, mode)
-    if kernels == "gpu":
+    if dispatch == "cuda":
         fuse_attention_dropout(model)  # BERT's attention as a GPU runs it: one fused kernel
     volumes, ids, mask = fake_inputs(mode, size, batch)
     with mode:
@@ -120,12 +137,12 @@ def resident_tensors(step: TrainStep) -> list[torch.Tensor]:
 
 
 def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DEFAULT_GPU,
-                     kernels: str = "gpu") -> dict[str, Any]:
+                     dispatch: str = "cuda") -> dict[str, Any]:
     """Memory (bytes), FLOPs and the roofline step time on `gpu` of one training step of `variant`,
-    computed on fake tensors with `kernels`' kernel choices (KERNEL_CHOICES)."""
-    mode, step = fake_training_step(variant, size, batch, kernels)
+    computed on fake tensors with `dispatch`'s kernel and autocast choices (DISPATCH_CHOICES)."""
+    mode, step = fake_training_step(variant, size, batch, dispatch)
     model = step.model
-    with mode:
+    with mode, dispatch_context(dispatch):
         tracker = AllocationTracker(resident_tensors(step))
         with tracker:
             with SavedBytes(model.parameters()) as saved:
@@ -170,7 +187,7 @@ def _create_optimizer_state(step: TrainStep) -> None:
     step.zero_grad()
 
 
-def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, kernels: str = "gpu") -> Result:
+def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "cuda") -> Result:
     started = time.perf_counter()
     variant = spec.variant_obj
     result = base_result(spec, "error", kind="estimate")
@@ -186,13 +203,13 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, kernels: str = "gp
         result.status, result.reason = "unsupported", reason
     else:
         try:
-            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, kernels)
+            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, dispatch)
             for key, value in out["memory"].items():
                 setattr(result.memory, key, value)
             result.flops = out["flops"]
             result.roofline = out["roofline"]
-            result.message = (f"FakeTensorMode on the CPU build, {kernels} kernel choices; largest transient "
-                              f"from {out['largest_op']}")
+            result.message = (f"FakeTensorMode on the CPU build, {dispatch.upper()} build's dispatch; "
+                              f"largest transient from {out['largest_op']}")
             result.status = "ok"
         except Exception as exc:
             result.status, result.message = classify_exception(exc)
@@ -212,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the size preset's)")
     p.add_argument("--gpu", default=DEFAULT_GPU.needle, help="GPU whose datasheet ceilings the roofline step "
                    "time uses (a substring of its CUDA name, e.g. H100, H200, A100-SXM4-80GB)")
-    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="gpu",
-                   help="whose kernel choices to follow where they differ (attention with dropout): a GPU's, "
-                   "or the CPU build's (to compare with CPU cells)")
+    p.add_argument("--dispatch", choices=DISPATCH_CHOICES, default="cuda",
+                   help="whose autocast policy and kernel choices to follow where the builds differ: the CUDA "
+                   "build's, or the CPU build's (to compare with CPU cells)")
     p.add_argument("--out", default="results", help="directory for result files")
     return p
 
@@ -242,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell in cells:
         spec = CellSpec(variant=cell.variant.as_dict(), size=size.name, batch=batch, device="cpu",
                         design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host, git=git)
-        result = estimate_cell(spec, gpu, args.kernels)
+        result = estimate_cell(spec, gpu, args.dispatch)
         result.env = environment(device)
         store.append(path, result)
         rows.append(result)

@@ -204,7 +204,7 @@ def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git:
                             design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host,
                             git=git)
             # The kernels the measured cells run: a GPU's, or on a dry run the CPU build's.
-            result = estimate_cell(spec, gpu, "cpu" if plan.dry_run else "gpu")
+            result = estimate_cell(spec, gpu, "cpu" if plan.dry_run else "cuda")
             result.env = env
             store.append(out / "results" / f"estimate-{part.size}.jsonl", result)
             done += 1

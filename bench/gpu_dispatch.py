@@ -1,4 +1,7 @@
-"""The kernel a CUDA build would pick, where the CPU build's fake step (bench.estimate) picks another.
+"""What a CUDA build would run, where the CPU build's fake step (bench.estimate) runs something else.
+
+`cuda_dispatch()` is all of it for a step: CUDA's autocast policy (bench.cuda_autocast) and its fused
+rms_norm (`fused_rms_norm`); `fuse_attention_dropout(model)` is the part chosen when the model is built.
 
 Fake tensors are CPU tensors, so SDPA chooses among the CPU build's kernels. One choice differs from a
 GPU's in a way that matters at paper size: attention with dropout. CUDA's flash and memory-efficient
@@ -19,7 +22,13 @@ choice as its forward. CT-CLIP's own attention has no dropout.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
 from torch import nn
+
+from bench.cuda_autocast import cuda_autocast_policy
 
 
 def fuse_attention_dropout(model: nn.Module) -> int:
@@ -32,3 +41,59 @@ def fuse_attention_dropout(model: nn.Module) -> int:
             module.dropout.p = 0.0
             changed += 1
     return changed
+
+
+@contextmanager
+def fused_rms_norm() -> Iterator[None]:
+    """Within this block, the CPU build runs `rms_norm` as the CUDA build does: one `_fused_rms_norm`.
+
+    Since torch 2.8 `rms_norm` calls `aten::_fused_rms_norm` on every device but MPS. The CUDA build has
+    kernels for it and its backward, so autograd records one node that saves the input, the weight and
+    the fp32 rstd (rows x 1). The CPU build has neither kernel, so the op decomposes above autograd and
+    the graph saves an fp32 copy of the input, its square, the normalised product and more: about 4x
+    the input in bf16 per norm, 1.6 GiB of the paper-size modern step that no GPU step holds.
+    Registering CPU kernels for the two ops (here: their composite math, below autograd) turns on the
+    generated autograd node, which is the same code in both builds. Nothing changes if this build
+    already has a CPU kernel; the registration is removed on exit.
+    """
+    if torch._C._dispatch_has_kernel_for_dispatch_key("aten::_fused_rms_norm", "CPU"):
+        yield
+        return
+    library = torch.library.Library("aten", "IMPL")
+    try:
+        library.impl("_fused_rms_norm", _fused_rms_norm_cpu, "CPU")
+        library.impl("_fused_rms_norm_backward", _fused_rms_norm_backward_cpu, "CPU")
+        yield
+    finally:
+        library._destroy()
+
+
+def _fused_rms_norm_cpu(input: torch.Tensor, normalized_shape: list[int], weight: "torch.Tensor | None",
+                        eps: "float | None") -> tuple[torch.Tensor, torch.Tensor]:
+    # torch's own composite kernel; called below autograd, so it records and saves nothing.
+    return torch.ops.aten._fused_rms_norm.default.decompose(input, normalized_shape, weight, eps)
+
+
+def _fused_rms_norm_backward_cpu(grad_out: torch.Tensor, input: torch.Tensor, normalized_shape: list[int],
+                                 rstd: torch.Tensor, weight: "torch.Tensor | None", output_mask: list[bool]
+                                 ) -> tuple["torch.Tensor | None", "torch.Tensor | None"]:
+    # y = x * rstd * w with rstd = (mean(x^2) + eps)^-1/2 over the normalised dims, in fp32:
+    #   dx = rstd * (g*w - x_hat * mean(g*w * x_hat)),   dw = sum over the other dims of g * x_hat.
+    reduced = tuple(range(input.dim() - len(normalized_shape), input.dim()))
+    x_hat = input.float() * rstd
+    grad_x_hat = grad_out.float() * weight.float() if weight is not None else grad_out.float()
+    grad_input = grad_weight = None
+    if output_mask[0]:
+        projection = (grad_x_hat * x_hat).mean(dim=reduced, keepdim=True)
+        grad_input = ((grad_x_hat - x_hat * projection) * rstd).to(input.dtype)
+    if output_mask[1] and weight is not None:
+        outer = tuple(range(input.dim() - len(normalized_shape)))
+        grad_weight = (grad_out.float() * x_hat).sum(dim=outer).to(weight.dtype)
+    return grad_input, grad_weight
+
+
+@contextmanager
+def cuda_dispatch() -> Iterator[None]:
+    """Within this block, CPU tensors are cast and their rms_norm run as on the CUDA build."""
+    with cuda_autocast_policy(), fused_rms_norm():
+        yield

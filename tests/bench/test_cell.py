@@ -52,7 +52,7 @@ def test_fake_tensor_estimate_equals_real_accounting(variant):
         step()
         step.zero_grad()
     real_memory, real_flops = _accounting_step(step)
-    est = estimate_variant(variant, size, batch=2, kernels="cpu")  # what the real CPU step runs
+    est = estimate_variant(variant, size, batch=2, dispatch="cpu")  # what the real CPU step runs
     assert est["flops"] == real_flops
     for key in ("param_bytes", "grad_bytes", "optimizer_state_bytes"):
         assert est["memory"][key] == getattr(real_memory, key), key
