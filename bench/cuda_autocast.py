@@ -176,15 +176,22 @@ def _passthrough(op: torch._ops.OpOverload) -> Callable[..., Any]:
     return kernel
 
 
-def _cpu_policy_ops() -> list[str]:
-    """The op overloads the CPU build's own autocast policy has a kernel for."""
+def registered_ops(key: str) -> set[str]:
+    """The aten op overloads this build registers a kernel for at dispatch `key` (e.g. "AutocastCUDA")."""
     names = torch._C._dispatch_get_all_op_names()
-    return [n.split("::", 1)[1] for n in names
-            if n.startswith("aten::") and torch._C._dispatch_has_kernel_for_dispatch_key(n, "AutocastCPU")]
+    return {n.split("::", 1)[1] for n in names
+            if n.startswith("aten::") and torch._C._dispatch_has_kernel_for_dispatch_key(n, key)}
+
+
+def policy_drift() -> dict[str, list[str]]:
+    """Where this build's AutocastCUDA registrations and the tables differ (both lists empty: the same
+    ops). The GPU check records it, since a GPU machine's torch need not be the one the tables follow."""
+    registered, tables = registered_ops("AutocastCUDA"), cuda_policy_ops()
+    return {"not_registered": sorted(tables - registered), "not_in_tables": sorted(registered - tables)}
 
 
 def _kernels() -> dict[str, Callable[..., Any]]:
-    cpu_native = set(_cpu_policy_ops())
+    cpu_native = registered_ops("AutocastCPU")
     kernels: dict[str, Callable[..., Any]] = {}
     for name in (*LOWER_PRECISION_FP, *LOWER_PRECISION_FP_CUDNN):
         if name not in cpu_native:  # shared ones keep the CPU kernel and its cast cache

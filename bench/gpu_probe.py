@@ -67,10 +67,11 @@ def _dump(path: Path, data: object) -> None:
 
 
 def step_env(device: torch.device) -> dict:
+    from bench.cuda_autocast import policy_drift
     from bench.environment import device_info, environment, git_info, gpu_clocks
 
     return {"device": device_info(device), "env": environment(device), "clocks": gpu_clocks(device),
-            "git": git_info()}
+            "git": git_info(), "autocast_policy_drift": policy_drift()}
 
 
 def step_micro(device: torch.device, timer: Callable, dry_run: bool) -> dict:

@@ -243,6 +243,13 @@ def environment_section(out: Path, plan: Plan) -> tuple[list[str], dict[str, Any
              f"CUDA {e.get('cuda')}, torch {e.get('torch')}, triton {pk.get('triton')}, "
              f"transformers {pk.get('transformers')}, python {e.get('python')}",
              f"- git {git.get('sha')} (dirty: {git.get('dirty')}); clocks at start: {env.get('clocks')}"]
+    drift = env.get("autocast_policy_drift")
+    if drift is not None:
+        same = not (drift["not_registered"] or drift["not_in_tables"])
+        policy = ("this build's AutocastCUDA ops are bench.cuda_autocast's, which the estimator applies"
+                  if same else f"differs from bench.cuda_autocast's tables: not registered here "
+                  f"{drift['not_registered']}, registered but not in the tables {drift['not_in_tables']}")
+        lines.append(f"- CUDA autocast policy: {policy}")
     if micro:
         peak = micro.get("peak")
         frac = f" ({_pct(micro['matmul_fraction_of_peak'])} of {peak['entry']} {peak['tflops']} TFLOP/s)" if peak else ""

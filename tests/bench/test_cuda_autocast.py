@@ -16,19 +16,17 @@ import torch
 import torch.nn.functional as F
 
 from bench import cuda_autocast
-from bench.cuda_autocast import cuda_autocast_policy, cuda_policy_ops
+from bench.cuda_autocast import cuda_autocast_policy, cuda_policy_ops, policy_drift
 
 BF16 = torch.bfloat16
 
 
-def _registered(key: str) -> set[str]:
-    names = torch._C._dispatch_get_all_op_names()
-    return {n.split("::", 1)[1] for n in names
-            if n.startswith("aten::") and torch._C._dispatch_has_kernel_for_dispatch_key(n, key)}
-
-
 def test_the_tables_name_exactly_the_ops_cuda_autocast_has_kernels_for():
-    assert cuda_policy_ops() == _registered("AutocastCUDA")
+    names = torch._C._dispatch_get_all_op_names()
+    registered = {n.removeprefix("aten::") for n in names
+                  if torch._C._dispatch_has_kernel_for_dispatch_key(n, "AutocastCUDA")}
+    assert cuda_policy_ops() == registered
+    assert policy_drift() == {"not_registered": [], "not_in_tables": []}
 
 
 def _header_lists() -> dict[str, set[str]]:

@@ -147,6 +147,11 @@ def test_dry_run_goes_through_every_part(dry_run):
     vq_search = json.loads((out / "probe" / "kernels" / "vq_search.json").read_text())["rows"]
     assert [(r["provider"], r["status"]) for r in vq_search] == [(p, "ok") for p in bench_vq.PROVIDERS]
     assert "| triton_tf32 | 200 x 300 x 32 |" in (out / "summary.md").read_text()
+    # The probe records whether this build's CUDA autocast policy is the one the estimator applies.
+    env = json.loads((out / "probe" / "env.json").read_text())
+    assert env["autocast_policy_drift"] == {"not_registered": [], "not_in_tables": []}
+    summary = (out / "summary.md").read_text()
+    assert "- CUDA autocast policy: this build's AutocastCUDA ops are bench.cuda_autocast's" in summary
     for name in ("paper-bf16", "targets", "ofat-tiny", "paper-fp16"):
         assert (out / "results" / f"{name}.jsonl").exists(), name
         assert (out / "report" / name / "efficiency.md").exists(), name
