@@ -9,7 +9,7 @@ kernels apply dropout inside the kernel (a Philox seed and offset are all they k
 attention (dropout 0.1, a padding mask) runs fused in bf16 there. The CPU flash kernel refuses dropout,
 so the CPU build falls back to the math path, which also upcasts bf16 to fp32: a materialised
 (B, heads, N, N) fp32 score matrix, its softmax, a dropout mask and the dropped probabilities, all saved
-for backward. At paper size, batch 4, that is about 1.8 GiB of predicted peak and 5.7 ms of the
+for backward. At paper size, batch 4, that is about 1.8 GiB of predicted peak and 5.6 ms of the
 roofline step that no GPU step contains.
 
 `fuse_attention_dropout` sets the attention-probability dropout of the text tower's self-attention

@@ -69,7 +69,7 @@ def target_variants(dry_run: bool) -> list[Variant]:
     bias table): the fastest (Triton kernels for the norms, the gated MLP, the q/k norm + RoPE and the
     VQ's nearest-code search in tf32, fused AdamW, and the VQ's EMA without its 55,296 x 8,192 one-hot;
     bench.roofline puts its eager bound at 0.40x the faithful one on an H100), the leanest (plus
-    checkpointing; bench.estimate predicts 0.28x the faithful peak), and one without
+    checkpointing; bench.estimate predicts 0.23x the faithful peak), and one without
     Triton that keeps CT-CLIP's learned bias through the memory-efficient kernel."""
     fast = Variant.modern().replace(position="rope", norm="rmsnorm_triton", mlp="swiglu_triton",
                                     qk_norm="triton", vq_impl="triton", optimizer="adamw_fused")

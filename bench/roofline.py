@@ -11,8 +11,9 @@ which needs CUDA to read the ceilings; this one takes them from the table so it 
 What the bound leaves out, so a measured step is always slower: kernel launch gaps (the op count is
 recorded), caches (every operand is read from DRAM once per op; L2 is ignored), the efficiency of real
 kernels, and fusion (eager ops each round-trip DRAM; torch.compile fuses them, so compiled steps can
-beat the eager bound). Under FakeTensorMode on a CPU build the ops are the CPU build's: the same
-matmuls and flash attention, but composite RMSNorm and the CPU autocast policy (bench.estimate).
+beat the eager bound). Under FakeTensorMode on a CPU build the ops are the CPU build's, except where
+bench.estimate models the CUDA build's dispatch (its autocast policy, fused rms_norm and dropout
+attention; bench.gpu_dispatch): the same matmuls and flash attention, CPU kernels for the rest.
 """
 
 from __future__ import annotations

@@ -327,8 +327,9 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
         (
             "Roofline step = every op of one eager step at max(FLOPs / datasheet peak, bytes / datasheet "
             "DRAM bandwidth), summed (bench.roofline): a lower bound for eager kernels, which fusion "
-            "(torch.compile) can beat; the ops are the CPU build's (composite RMSNorm), with BERT's dropout "
-            "attention as a GPU's fused kernel unless estimated with --kernels cpu. MFU bound = the "
+            "(torch.compile) can beat; the ops are the CPU build's, cast by CUDA's autocast policy, with "
+            "BERT's dropout attention and rms_norm as the CUDA build's fused kernels unless estimated with "
+            "--dispatch cpu. MFU bound = the "
             "step's FLOPs over that time, against the peak MFU uses."
         ),
     ]
