@@ -70,7 +70,8 @@ _AUTOCAST_CPU = DispatchKeySet(DispatchKey.AutocastCPU)
 
 def cuda_policy_ops() -> set[str]:
     """Every op overload ("name" or "name.overload") CUDA's autocast policy has a kernel for."""
-    return {*LOWER_PRECISION_FP, *LOWER_PRECISION_FP_CUDNN, *FP32, *FP32_SET_OPT_DTYPE, *FP32_APPEND_DTYPE, *PROMOTE, *BANNED}
+    return {*LOWER_PRECISION_FP, *LOWER_PRECISION_FP_CUDNN, *FP32, *FP32_SET_OPT_DTYPE, *FP32_APPEND_DTYPE,
+            *PROMOTE, *BANNED}
 
 
 def _overload(name: str) -> torch._ops.OpOverload:

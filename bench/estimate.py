@@ -36,9 +36,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any, ContextManager
 
 import torch
@@ -51,7 +51,8 @@ from bench.config import parse_with_config
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.flops import counter, matmul_precision
-from bench.gpu_dispatch import cuda_dispatch, fuse_attention_dropout
+from bench.gpu_dispatch import (buildable_on_cpu, choose_attention_as_on_cuda, cuda_dispatch,
+                                fuse_attention_dropout, use_attention_backend)
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
@@ -115,9 +116,12 @@ def fake_training_step(variant: Variant, size: Size, batch: int,
     _check_dispatch(dispatch)
     mode = FakeTensorMode()
     with mode:
-        model = build(variant, size, device="cpu")
+        model = build(buildable_on_cpu(variant) if dispatch == "cuda" else variant, size, device="cpu")
     _fakeify(model, mode)
     if dispatch == "cuda":
+        use_attention_backend(model, variant.attention)  # a CUDA-only backend, built as its stand-in
+        model.variant = variant
+        choose_attention_as_on_cuda(model)  # SDPA picks CUDA's kernel (memory-efficient for a mask)
         fuse_attention_dropout(model)  # BERT's attention as a GPU runs it: one fused kernel
     volumes, ids, mask = fake_inputs(mode, size, batch)
     with mode:
@@ -193,8 +197,9 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
     result = base_result(spec, "error", kind="estimate")
     result.cell_key = result.cell_key.replace("|measured", "|estimate")
     with FakeTensorMode():
-        # Asked as the model will be built: Triton variants need no runnable kernels on fake tensors.
-        reason = supports(variant, spec.device)
+        # Asked as the model will be built: Triton variants need no runnable kernels on fake tensors, and
+        # under CUDA's dispatch a CUDA-only attention backend is built as its stand-in.
+        reason = supports(buildable_on_cpu(variant) if dispatch == "cuda" else variant, spec.device)
     if variant.compile and not reason:
         # Inductor's graphs run outside the dispatch modes that count bytes and FLOPs (a tiny compiled
         # step showed 0.13 GFLOP, the text tower's eager glue), and it fuses and recomputes differently.

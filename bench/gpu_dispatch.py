@@ -1,34 +1,44 @@
 """What a CUDA build would run, where the CPU build's fake step (bench.estimate) runs something else.
 
-`cuda_dispatch()` is all of it for a step: CUDA's autocast policy (bench.cuda_autocast) and its fused
-rms_norm (`fused_rms_norm`); `fuse_attention_dropout(model)` is the part chosen when the model is built.
+`cuda_dispatch()` is what a step runs under: CUDA's autocast policy (bench.cuda_autocast) and its fused
+rms_norm (`fused_rms_norm`). The rest is set on the model: `choose_attention_as_on_cuda` (SDPA's kernel
+choice, bench.cuda_sdpa), `fuse_attention_dropout`, and `use_attention_backend` for the backends only
+CUDA has. Choices made by an active Python mode would be lost where autograd recomputes a checkpointed
+layer (torch function modes are not active there); a module's forward is called again, so choices set
+on modules hold.
 
-Fake tensors are CPU tensors, so SDPA chooses among the CPU build's kernels. One choice differs from a
-GPU's in a way that matters at paper size: attention with dropout. CUDA's flash and memory-efficient
-kernels apply dropout inside the kernel (a Philox seed and offset are all they keep), so BERT's training
-attention (dropout 0.1, a padding mask) runs fused in bf16 there. The CPU flash kernel refuses dropout,
-so the CPU build falls back to the math path, which also upcasts bf16 to fp32: a materialised
-(B, heads, N, N) fp32 score matrix, its softmax, a dropout mask and the dropped probabilities, all saved
-for backward. At paper size, batch 4, that is about 1.8 GiB of predicted peak and 5.6 ms of the
-roofline step that no GPU step contains.
+Fake tensors are CPU tensors, so left alone SDPA chooses among the CPU build's kernels, and one choice
+differs from a GPU's in a way that matters at paper size: attention with dropout. CUDA's flash and
+memory-efficient kernels apply dropout inside the kernel (a Philox seed and offset are all they keep),
+so BERT's training attention (dropout 0.1, a padding mask) runs fused in bf16 there. The CPU flash
+kernel refuses dropout, so the CPU build falls back to the math path, which also upcasts bf16 to fp32:
+a materialised (B, heads, N, N) fp32 score matrix, its softmax, a dropout mask and the dropped
+probabilities, all saved for backward. At paper size, batch 4, that is about 1.8 GiB of predicted peak
+and 5.6 ms of the roofline step that no GPU step contains.
 
 `fuse_attention_dropout` sets the attention-probability dropout of the text tower's self-attention
-layers to 0 in a model built for estimation: transformers then calls SDPA with dropout_p=0, the CPU
-flash kernel takes it, and its inputs, outputs, saved tensors (output and logsumexp) and FLOP formula
-are those of CUDA's fused kernels; on a GPU the dropout itself adds no memory traffic. It changes the
-module, not a dispatch mode, so a checkpointed layer's recomputation inside backward makes the same
-choice as its forward. CT-CLIP's own attention has no dropout.
+layers to 0 in a model built for estimation, so SDPA is called with dropout_p=0 and bench.cuda_sdpa can
+run whichever fused kernel CUDA would pick (memory-efficient for BERT's masked attention; flash, which
+on CPU refuses dropout, where there is no mask); their inputs, outputs, saved tensors (output and
+log-sum-exp) and FLOP formulas are those of the kernels with dropout, which adds no memory traffic on
+a GPU. It changes the module, not a dispatch mode, so a checkpointed layer's recomputation inside
+backward makes the same choice as its forward. CT-CLIP's own attention has no dropout.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from bench.cuda_autocast import cuda_autocast_policy
+from bench.cuda_sdpa import CudaSdpaMode
+from models import Variant
+from models.attention import Attention
+from models.attention_backends import ATTENTION
 
 
 def fuse_attention_dropout(model: nn.Module) -> int:
@@ -97,3 +107,45 @@ def cuda_dispatch() -> Iterator[None]:
     """Within this block, CPU tensors are cast and their rms_norm run as on the CUDA build."""
     with cuda_autocast_policy(), fused_rms_norm():
         yield
+
+
+# Attention backends only the CUDA build has, and the backend whose code path (F.sdpa) they share: a
+# fake step builds the stand-in and swaps the backend in (bench.cuda_sdpa picks the kernel).
+CUDA_ONLY_ATTENTION = {"sdpa_efficient": "sdpa"}
+
+
+def buildable_on_cpu(variant: Variant) -> Variant:
+    """`variant` with a CUDA-only attention backend replaced by its CPU-buildable stand-in."""
+    return variant.replace(attention=CUDA_ONLY_ATTENTION.get(variant.attention, variant.attention))
+
+
+def use_attention_backend(model: nn.Module, backend: str) -> int:
+    """Point every CT-ViT attention layer at `backend`'s function; returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, Attention) and module.backend != backend:
+            module.backend, module._attend = backend, ATTENTION.get(backend).impl
+            changed += 1
+    return changed
+
+
+def choose_attention_as_on_cuda(model: nn.Module) -> int:
+    """Run every attention layer's forward (CT-CLIP's and BERT's) under bench.cuda_sdpa's mode, so SDPA
+    takes the kernel the CUDA build would, in forward and in a checkpointed layer's recomputation;
+    returns how many layers were wrapped (a second call wraps none)."""
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    wrapped = 0
+    for module in model.modules():
+        if isinstance(module, (Attention, BertSelfAttention)) and "forward" not in vars(module):
+            module.forward = _under_cuda_sdpa(module.forward)
+            wrapped += 1
+    return wrapped
+
+
+def _under_cuda_sdpa(forward: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(forward)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with CudaSdpaMode():
+            return forward(*args, **kwargs)
+    return wrapped

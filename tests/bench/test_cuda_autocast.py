@@ -38,7 +38,8 @@ def _header_lists() -> dict[str, set[str]]:
     for macro in ("LOWER_PRECISION_FP", "FP32", "FP32_SET_OPT_DTYPE", "PROMOTE"):
         body = re.search(rf"#define AT_FORALL_{macro}\(_\)(.*?)(?:\n\n|\n#)", text, re.S).group(1)
         lists[macro] = {".".join(p.strip() for p in m.split(",")) for m in re.findall(r"_\(([^()]*)\)", body)}
-    redispatch = re.search(r"#define AT_FORALL_DIFFERENT_REDISPATCH_SIGNATURE\(_\)(.*?)\n\n", text, re.S).group(1)
+    redispatch = re.search(r"#define AT_FORALL_DIFFERENT_REDISPATCH_SIGNATURE\(_\)(.*?)\n\n", text,
+                           re.S).group(1)
     lists["FP32_APPEND_DTYPE"] = set(re.findall(r'"(norm\.[A-Za-z_]+)"', redispatch))
     return lists
 
