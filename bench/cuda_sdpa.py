@@ -28,6 +28,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 HALF = (torch.float16, torch.bfloat16)
+
+
+class NoCudaKernel(RuntimeError):
+    """CUDA's SDPA would find no kernel for these inputs: the variant cannot run on a GPU as configured."""
+
+
+class NotEmulated(NotImplementedError):
+    """A choice this module cannot make for a CPU build (cuDNN's constraints)."""
 MEM_EFFICIENT_MASK_ALIGNMENT = 16  # elements; the CUDA composite pads a mask whose strides are not
 
 
@@ -97,9 +105,11 @@ def cuda_sdp_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if backend == SDPBackend.MATH:
             return backend
         if backend == SDPBackend.CUDNN_ATTENTION:
-            raise NotImplementedError("cuDNN SDPA's constraints depend on the runtime cuDNN version, "
-                                      "which a CPU build cannot know; bench.cuda_sdpa does not emulate them")
-    raise RuntimeError("No available kernel (CUDA's selection, as bench.cuda_sdpa follows it)")
+            raise NotEmulated("cuDNN SDPA's constraints depend on the runtime cuDNN version, which a CPU "
+                              "build cannot know; bench.cuda_sdpa does not emulate them")
+    enabled = [b.name for b in map(SDPBackend, torch._C._get_sdp_priority_order()) if _enabled(b)]
+    raise NoCudaKernel(f"No available kernel: CUDA's SDPA takes none of {enabled} for {q.dtype} q/k/v "
+                       f"of head size {q.shape[-1]}{' with a mask' if attn_mask is not None else ''}")
 
 
 def _mem_efficient_mask(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from bench.config import parse_with_config
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.flops import counter, matmul_precision
+from bench.cuda_sdpa import NoCudaKernel, NotEmulated
 from bench.gpu_dispatch import (buildable_on_cpu, choose_attention_as_on_cuda, cuda_dispatch,
                                 fuse_attention_dropout, use_attention_backend)
 from bench.gpu_specs import GpuSpec, find_gpu
@@ -216,6 +217,8 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
             result.message = (f"FakeTensorMode on the CPU build, {dispatch.upper()} build's dispatch; "
                               f"largest transient from {out['largest_op']}")
             result.status = "ok"
+        except (NoCudaKernel, NotEmulated) as exc:  # a GPU would refuse it, or the estimate cannot say
+            result.status, result.reason = "unsupported", f"under CUDA's dispatch: {exc}"
         except Exception as exc:
             result.status, result.message = classify_exception(exc)
     result.wall_s = time.perf_counter() - started

@@ -13,7 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.cell import CellSpec
-from bench.cuda_sdpa import CudaSdpaMode, cuda_sdp_choice
+from bench.cuda_sdpa import CudaSdpaMode, NoCudaKernel, NotEmulated, cuda_sdp_choice
 from bench.estimate import estimate_cell
 from bench.gpu_dispatch import buildable_on_cpu, choose_attention_as_on_cuda, use_attention_backend
 from models import SIZES, Variant, build
@@ -56,9 +56,9 @@ def test_the_sdpa_kernel_flags_and_priority_order_are_followed():
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
         assert cuda_sdp_choice(q, k, v) == SDPBackend.EFFICIENT_ATTENTION
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-        with pytest.raises(RuntimeError, match="No available kernel"):
+        with pytest.raises(NoCudaKernel, match="No available kernel"):
             cuda_sdp_choice(*_qkv(d=12))
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]), pytest.raises(NotImplementedError, match="cuDNN"):
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]), pytest.raises(NotEmulated, match="cuDNN"):
         cuda_sdp_choice(q, k, v)
 
 
@@ -136,3 +136,11 @@ def test_attention_layers_are_wrapped_once():
     layers = [m for m in model.modules() if type(m).__name__ in ("Attention", "BertSelfAttention")]
     assert choose_attention_as_on_cuda(model) == len(layers) > 0
     assert choose_attention_as_on_cuda(model) == 0
+
+
+def test_a_variant_cuda_would_refuse_is_estimated_unsupported_with_the_reason():
+    # sdpa_flash in fp32: CPU flash runs it, CUDA's flash kernel takes only fp16/bf16.
+    spec = CellSpec(variant=Variant.modern().as_dict(), size="tiny", batch=2, device="cpu")
+    result = estimate_cell(spec, dispatch="cuda")
+    assert result.status == "unsupported" and "['FLASH_ATTENTION'] for torch.float32" in result.reason
+    assert estimate_cell(spec, dispatch="cpu").status == "ok"
