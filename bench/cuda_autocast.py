@@ -193,19 +193,27 @@ def policy_drift() -> dict[str, list[str]]:
 
 def _kernels() -> dict[str, Callable[..., Any]]:
     cpu_native = registered_ops("AutocastCPU")
-    kernels: dict[str, Callable[..., Any]] = {}
-    for name in (*LOWER_PRECISION_FP, *LOWER_PRECISION_FP_CUDNN):
-        if name not in cpu_native:  # shared ones keep the CPU kernel and its cast cache
-            kernels[name] = _lower_precision_fp(_overload(name))
-    kernels.update({name: _fp32(_overload(name)) for name in FP32})
-    kernels.update({name: _fp32_set_opt_dtype(_overload(name)) for name in FP32_SET_OPT_DTYPE})
-    kernels.update({name: _fp32_append_dtype(_overload(name), _overload(target))
-                    for name, target in FP32_APPEND_DTYPE.items()})
-    kernels.update({name: _promote(_overload(name)) for name in PROMOTE})
-    kernels.update({name: _banned(_overload(name)) for name in BANNED})
-    for name in cpu_native - cuda_policy_ops():  # the CPU's own rules (cat, stack, cross_entropy, ...)
-        kernels[name] = _passthrough(_overload(name))
-    return kernels
+    lower = (*LOWER_PRECISION_FP, *LOWER_PRECISION_FP_CUDNN)
+    makers: list[tuple[str, Callable[[torch._ops.OpOverload], Callable[..., Any]]]] = [
+        # The lower-precision ops both policies share keep the CPU kernel and its cast cache.
+        *((n, _lower_precision_fp) for n in lower if n not in cpu_native),
+        *((n, _fp32) for n in FP32),
+        *((n, _fp32_set_opt_dtype) for n in FP32_SET_OPT_DTYPE),
+        *((n, lambda op, target=t: _fp32_append_dtype(op, _overload(target)))
+          for n, t in FP32_APPEND_DTYPE.items()),
+        *((n, _promote) for n in PROMOTE),
+        *((n, _banned) for n in BANNED),
+        *((n, _passthrough) for n in cpu_native - cuda_policy_ops()),  # the CPU's own rules (cat, stack, ...)
+    ]
+    # An op this build lacks (an older torch, as on the GPU machine) has no calls to cast; policy_drift
+    # reports it.
+    return {name: make(_overload(name)) for name, make in makers if _exists(name)}
+
+
+def _exists(name: str) -> bool:
+    base, _, overload = name.partition(".")
+    packet = getattr(torch.ops.aten, base, None)
+    return packet is not None and (overload or "default") in packet.overloads()
 
 
 @contextmanager

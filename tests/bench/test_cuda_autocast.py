@@ -143,3 +143,11 @@ def test_an_uncached_weight_cast_is_reported():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             torch.einsum("ij,jk->ik", torch.randn(3, 4), torch.randn(4, 5))
+
+
+def test_an_op_this_build_lacks_is_skipped_not_fatal(monkeypatch):
+    # The GPU machine runs an older torch; a table op it does not have must not stop the estimate.
+    monkeypatch.setattr(cuda_autocast, "FP32", (*cuda_autocast.FP32, "an_op_from_a_later_torch"))
+    assert "an_op_from_a_later_torch" in policy_drift()["not_registered"]
+    with cuda_autocast_policy(), torch.autocast("cpu", BF16):
+        assert torch.ones(2, 3, dtype=BF16).softmax(-1).dtype == torch.float32
