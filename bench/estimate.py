@@ -53,7 +53,7 @@ from bench.environment import environment, fingerprint, git_info, host_device_in
 from bench.flops import counter, matmul_precision
 from bench.cuda_sdpa import NoCudaKernel, NotEmulated
 from bench.gpu_dispatch import (buildable_on_cpu, choose_attention_as_on_cuda, cuda_dispatch,
-                                fuse_attention_dropout, use_attention_backend)
+                                foreach_as_on_cuda, fuse_attention_dropout, use_attention_backend)
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
@@ -130,6 +130,8 @@ def fake_training_step(variant: Variant, size: Size, batch: int,
         # GradScaler.step reads found_inf with .item(), which fake tensors cannot answer; loss scaling
         # is one scalar multiply and its state a few bytes, so the estimate steps without it.
         step.scaler = None
+        if dispatch == "cuda":
+            foreach_as_on_cuda(step.optimizer)  # torch's default AdamW path for CUDA parameters
         _create_optimizer_state(step)
     return mode, step
 

@@ -3,9 +3,9 @@
 `cuda_dispatch()` is what a step runs under: CUDA's autocast policy (bench.cuda_autocast) and its fused
 rms_norm (`fused_rms_norm`). The rest is set on the model: `choose_attention_as_on_cuda` (SDPA's kernel
 choice, bench.cuda_sdpa), `fuse_attention_dropout`, and `use_attention_backend` for the backends only
-CUDA has. Choices made by an active Python mode would be lost where autograd recomputes a checkpointed
-layer (torch function modes are not active there); a module's forward is called again, so choices set
-on modules hold.
+CUDA has; and on the optimizer: `foreach_as_on_cuda`. Choices made by an active Python mode would be
+lost where autograd recomputes a checkpointed layer (torch function modes are not active there); a
+module's forward is called again, so choices set on modules hold.
 
 Fake tensors are CPU tensors, so left alone SDPA chooses among the CPU build's kernels, and one choice
 differs from a GPU's in a way that matters at paper size: attention with dropout. CUDA's flash and
@@ -149,3 +149,15 @@ def _under_cuda_sdpa(forward: Callable[..., Any]) -> Callable[..., Any]:
         with CudaSdpaMode():
             return forward(*args, **kwargs)
     return wrapped
+
+
+def foreach_as_on_cuda(optimizer: torch.optim.Optimizer) -> int:
+    """Give every parameter group left to torch's default the multi-tensor (foreach) path, which torch
+    picks for CUDA parameters; for CPU ones it picks a per-parameter loop (4,880 ops in the modern
+    paper-size step against 2,216). Returns how many groups were set."""
+    changed = 0
+    for group in optimizer.param_groups:
+        if "foreach" in group and group["foreach"] is None and not group.get("fused"):
+            group["foreach"] = True
+            changed += 1
+    return changed

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.estimate import dispatch_context, estimate_variant, fake_training_step
-from bench.gpu_dispatch import fuse_attention_dropout, fused_rms_norm
+from bench.gpu_dispatch import foreach_as_on_cuda, fuse_attention_dropout, fused_rms_norm
 from models import SIZES, Variant, build
 from tests.kernels.oplog import OpLog
 
@@ -167,3 +167,22 @@ def test_cuda_dispatch_casts_no_weight_outside_the_autocast_cache(variant):
         warnings.simplefilter("error")
         with mode, dispatch_context("cuda"):
             step.backward(step.forward())
+
+
+def test_adamw_takes_the_foreach_path_cuda_parameters_get():
+    # torch defaults to foreach only for CUDA parameters; on CPU it loops over parameters.
+    cuda, cpu = (_optimizer_ops(d) for d in ("cuda", "cpu"))
+    assert cuda.count("aten._foreach_addcdiv_") == 1 and "aten.addcdiv_" not in cuda
+    assert cpu.count("aten.addcdiv_") > 1 and "aten._foreach_addcdiv_" not in cpu
+    fused = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], fused=True)
+    assert foreach_as_on_cuda(fused) == 0 and fused.param_groups[0]["foreach"] is None
+
+
+def _optimizer_ops(dispatch: str) -> list[str]:
+    mode, step = fake_training_step(Variant.faithful(), SIZES["tiny"], 2, dispatch)
+    with mode, dispatch_context(dispatch):
+        step.backward(step.forward())
+        log = OpLog()
+        with log:
+            step.optimizer_step()
+    return log.names
