@@ -162,26 +162,33 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
         # FLOPs and the roofline in a second pass: FlopCounterMode's module hooks keep tensors alive through
         # a checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
         precision = matmul_precision(variant.precision, "cuda")  # the matmul precision MFU's peak is for
-        roofline = RooflineMode(gpu, tf32=precision == "tf32")
-        with roofline:
-            with counter() as fwd:
-                loss = step.forward()
-            with counter() as bwd:
-                step.backward(loss)
-            step.optimizer_step()
-        del loss
-        step.zero_grad()
+        forward, backward, roofline = flops_and_roofline(step, RooflineMode(gpu, tf32=precision == "tf32"))
         memory = {
             "param_bytes": param_bytes(model), "grad_bytes": grads,
             "optimizer_state_bytes": optimizer_state_bytes(step.optimizer),
             "saved_activations_bytes": saved.bytes, "largest_transient_bytes": tracker.largest_op_bytes,
             "predicted_peak_bytes": tracker.peak_bytes,
         }
-    forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
     flops = {"forward": forward, "backward": backward, "total": forward + backward}
     bound = roofline.estimate()
     return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op,
             "roofline": dict(bound.to_dict(), mfu_bound=bound.mfu_bound(precision))}
+
+
+def flops_and_roofline(step: TrainStep, roofline: RooflineMode) -> tuple[float, float, RooflineMode]:
+    """Forward and backward FLOPs (FlopCounterMode) and `roofline` filled by one training step."""
+    # The roofline innermost (entered last, so it sees each op first): FlopCounterMode decomposes ops it
+    # has no formula for but a composite kernel (silu_backward, _fused_rms_norm), and a roofline beneath
+    # it would cost the decomposition's passes instead of the one kernel a GPU runs.
+    with counter() as fwd, roofline:
+        loss = step.forward()
+    with counter() as bwd, roofline:
+        step.backward(loss)
+    with roofline:
+        step.optimizer_step()
+    del loss
+    step.zero_grad()
+    return float(fwd.get_total_flops()), float(bwd.get_total_flops()), roofline
 
 
 def _create_optimizer_state(step: TrainStep) -> None:

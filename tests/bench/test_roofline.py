@@ -12,7 +12,7 @@ from bench.cell import CellSpec
 from bench.estimate import estimate_cell
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.roofline import RooflineMode, accessed_bytes
-from models import Variant
+from models import Variant, get_size
 
 ROOT = Path(__file__).resolve().parents[2]
 # Round ceilings so the expected times are easy to state: 100 TFLOP/s bf16, 10 fp32, 50 tf32, 1 TB/s.
@@ -154,3 +154,19 @@ def test_triton_variant_is_estimated_where_its_kernels_cannot_run():
     assert kernel_ops == str(["ctclip_kernels.gated_backward", "ctclip_kernels.gated_forward",
                               "ctclip_kernels.rmsnorm_backward", "ctclip_kernels.rmsnorm_forward"])
     assert "without TRITON_INTERPRET=1" in reason  # real CPU tensors still cannot run them
+
+
+def test_the_roofline_costs_ops_as_dispatched_not_as_the_flop_counter_decomposes_them():
+    # FlopCounterMode decomposes ops it has no formula for but a composite kernel; silu_backward (SwiGLU)
+    # and _fused_rms_norm are one kernel each on a GPU and must be costed as one op.
+    from bench.estimate import dispatch_context, fake_training_step, flops_and_roofline
+
+    variant = Variant.modern().replace(precision="bf16")
+    mode, step = fake_training_step(variant, get_size("tiny"), 2, "cuda")
+    with mode, dispatch_context("cuda"):
+        forward, backward, roofline = flops_and_roofline(step, RooflineMode(SPEC))
+    names = set(roofline.costs)
+    assert {"aten.silu_backward", "aten._fused_rms_norm", "aten._fused_rms_norm_backward"} <= names
+    assert not names & {"aten.sigmoid", "aten.rsqrt", "aten.pow"}  # the decompositions' ops
+    assert forward > 0 and backward > forward
+    assert roofline.estimate().flops == pytest.approx(forward + backward)
