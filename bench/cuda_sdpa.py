@@ -35,16 +35,20 @@ class NoCudaKernel(RuntimeError):
 
 
 class NotEmulated(NotImplementedError):
-    """A choice this module cannot make for a CPU build (cuDNN's constraints)."""
-MEM_EFFICIENT_MASK_ALIGNMENT = 16  # elements; the CUDA composite pads a mask whose strides are not
+    """A choice this module cannot make for a CPU build (cuDNN's constraints, grouped-query attention)."""
 
 
-def _enabled(backend: SDPBackend) -> bool:
-    flags = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
-             SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
-             SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled,
-             SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled}
-    return backend in flags and flags[backend]()
+# The CUDA composite pads a memory-efficient mask whose strides are not multiples of this (elements).
+MEM_EFFICIENT_MASK_ALIGNMENT = 16
+# The global flags `sdpa_kernel` sets, one per backend the CUDA build can choose.
+_ENABLED = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
+            SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
+            SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled,
+            SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled}
+
+
+def _enabled_in_priority_order() -> list[SDPBackend]:
+    return [b for b in map(SDPBackend, torch._C._get_sdp_priority_order()) if b in _ENABLED and _ENABLED[b]()]
 
 
 def _dense_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool,
@@ -91,13 +95,13 @@ def can_use_mem_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ena
 
 
 def cuda_sdp_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    attn_mask: "torch.Tensor | None" = None, dropout_p: float = 0.0, is_causal: bool = False,
+                    attn_mask: "torch.Tensor | None" = None, is_causal: bool = False,
                     enable_gqa: bool = False) -> SDPBackend:
     """The backend `select_sdp_backend` returns for these inputs on an sm80+ GPU, under the current
-    priority order and `sdpa_kernel` flags; raises where it would find none."""
-    for backend in map(SDPBackend, torch._C._get_sdp_priority_order()):
-        if not _enabled(backend):
-            continue
+    priority order and `sdpa_kernel` flags; raises where it would find none. (Dropout only matters to
+    cuDNN, which is not emulated.)"""
+    enabled = _enabled_in_priority_order()
+    for backend in enabled:
         if backend == SDPBackend.FLASH_ATTENTION and can_use_flash(q, k, v, attn_mask, is_causal, enable_gqa):
             return backend
         if backend == SDPBackend.EFFICIENT_ATTENTION and can_use_mem_efficient(q, k, v, enable_gqa):
@@ -107,8 +111,8 @@ def cuda_sdp_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if backend == SDPBackend.CUDNN_ATTENTION:
             raise NotEmulated("cuDNN SDPA's constraints depend on the runtime cuDNN version, which a CPU "
                               "build cannot know; bench.cuda_sdpa does not emulate them")
-    enabled = [b.name for b in map(SDPBackend, torch._C._get_sdp_priority_order()) if _enabled(b)]
-    raise NoCudaKernel(f"No available kernel: CUDA's SDPA takes none of {enabled} for {q.dtype} q/k/v "
+    names = [b.name for b in enabled]
+    raise NoCudaKernel(f"No available kernel: CUDA's SDPA takes none of {names} for {q.dtype} q/k/v "
                        f"of head size {q.shape[-1]}{' with a mask' if attn_mask is not None else ''}")
 
 
@@ -142,10 +146,10 @@ class CudaSdpaMode(TorchFunctionMode):
             return func(*args, **kwargs)
         a = _sdpa_args(*args, **kwargs)
         q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
-        backend = cuda_sdp_choice(q, k, v, mask, a["dropout_p"], a["is_causal"], a["enable_gqa"])
+        backend = cuda_sdp_choice(q, k, v, mask, a["is_causal"], a["enable_gqa"])
         if backend == SDPBackend.EFFICIENT_ATTENTION:
             if q.shape[1] != k.shape[1]:
-                raise NotImplementedError("bench.cuda_sdpa does not emulate grouped-query attention")
+                raise NotEmulated("bench.cuda_sdpa does not emulate grouped-query attention")
             bias = None if mask is None else _mem_efficient_mask(mask, q, k)
             compute_log_sumexp = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
             return torch.ops.aten._scaled_dot_product_efficient_attention(
