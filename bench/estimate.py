@@ -19,16 +19,17 @@ the caching allocator rounds them. Summing the parts instead misses that gradien
 activations are freed, and that transients stack on what is saved; it underestimated the faithful
 paper-size step by 3 GiB (24.1 against 27.2 GiB).
 
-as rows of the result schema with kind="estimate". Fake tensors are CPU tensors, so kernel choice is
-the CPU build's (SDPA -> CPU flash; fake CUDA tensors abort the process on a CPU build): CUDA-only
-variants are recorded unsupported here too. Where the CPU build's dispatch would misstate a GPU step,
-the CUDA build's is modelled (`--dispatch cuda`, the default; bench.gpu_dispatch): its autocast policy
-(softmax, norms, sums in fp32; bench.cuda_autocast), attention with dropout (BERT's) as one fused
-kernel rather than the CPU's fp32 math path, and rms_norm as one `_fused_rms_norm` rather than its
-decomposition. `--dispatch cpu` keeps the CPU build's, to compare with CPU cells. The Triton kernels
-are torch custom ops with fake implementations, so Triton variants are estimated (one op per kernel
-launch) where they cannot run. When a GPU measurement of the same cell exists, reports show predicted
-against measured.
+as rows of the result schema with kind="estimate". Fake tensors are CPU tensors (fake CUDA tensors
+abort the process on a CPU build), so left alone the CPU build dispatches the step. Where that would
+misstate a GPU step, the CUDA build's dispatch is modelled (`--dispatch cuda`, the default;
+bench.gpu_dispatch): its autocast policy (softmax, norms, sums in fp32; bench.cuda_autocast), SDPA's
+kernel choice (bench.cuda_sdpa; `sdpa_efficient` is built as its `sdpa` stand-in), attention with
+dropout (BERT's) as one fused kernel rather than the CPU's fp32 math path, rms_norm as one
+`_fused_rms_norm` rather than its decomposition, and AdamW's foreach path. Other CUDA-only variants are
+recorded unsupported. `--dispatch cpu` keeps the CPU build's choices, to compare with CPU cells. The
+Triton kernels are torch custom ops with fake implementations, so Triton variants are estimated (one
+op per kernel launch) where they cannot run. When a GPU measurement of the same cell exists, reports
+show predicted against measured.
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ from bench import store
 from bench.allocations import AllocationTracker
 from bench.cell import CellSpec, base_result, classify_exception
 from bench.config import parse_with_config
+from bench.cuda_sdpa import NoCudaKernel, NotEmulated
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.flops import counter, matmul_precision
-from bench.cuda_sdpa import NoCudaKernel, NotEmulated
-from bench.gpu_dispatch import (buildable_on_cpu, choose_attention_as_on_cuda, cuda_dispatch,
-                                foreach_as_on_cuda, fuse_attention_dropout, use_attention_backend)
+from bench.gpu_dispatch import buildable_on_cpu, cuda_dispatch, foreach_as_on_cuda, set_up_as_on_cuda
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
@@ -63,15 +63,20 @@ from bench.table import render
 from models import SIZES, Size, Variant, build, example_batch, get_size, supports
 
 DEFAULT_GPU = find_gpu("H100 SXM")
-# Whose dispatch the fake step follows where the two builds differ (autocast policy, attention with
-# dropout, rms_norm; bench.gpu_dispatch): the CUDA build's (what a paper-size prediction is for) or the
-# CPU build's (what a CPU cell really runs).
+# Whose dispatch the fake step follows where the two builds differ (bench.gpu_dispatch): the CUDA
+# build's (what a paper-size prediction is for) or the CPU build's (what a CPU cell really runs).
 DISPATCH_CHOICES = ("cuda", "cpu")
 
 
 def _check_dispatch(dispatch: str) -> None:
     if dispatch not in DISPATCH_CHOICES:
         raise ValueError(f"dispatch must be one of {DISPATCH_CHOICES}, got {dispatch!r}")
+
+
+def _variant_to_build(variant: Variant, dispatch: str) -> Variant:
+    """Under CUDA's dispatch a CUDA-only attention backend is built as its stand-in (bench.gpu_dispatch)."""
+    _check_dispatch(dispatch)
+    return buildable_on_cpu(variant) if dispatch == "cuda" else variant
 
 
 def dispatch_context(dispatch: str) -> ContextManager[None]:
@@ -114,16 +119,12 @@ def fake_training_step(variant: Variant, size: Size, batch: int,
     `_create_optimizer_state`), and the FakeTensorMode to run it in. `dispatch`: whose choices to follow
     where the CUDA and the CPU build differ (DISPATCH_CHOICES); run the step under
     `dispatch_context(dispatch)` for the choices made as ops are dispatched."""
-    _check_dispatch(dispatch)
     mode = FakeTensorMode()
     with mode:
-        model = build(buildable_on_cpu(variant) if dispatch == "cuda" else variant, size, device="cpu")
+        model = build(_variant_to_build(variant, dispatch), size, device="cpu")
     _fakeify(model, mode)
     if dispatch == "cuda":
-        use_attention_backend(model, variant.attention)  # a CUDA-only backend, built as its stand-in
-        model.variant = variant
-        choose_attention_as_on_cuda(model)  # SDPA picks CUDA's kernel (memory-efficient for a mask)
-        fuse_attention_dropout(model)  # BERT's attention as a GPU runs it: one fused kernel
+        set_up_as_on_cuda(model, variant)  # attention backend, SDPA kernel, BERT's fused dropout attention
     volumes, ids, mask = fake_inputs(mode, size, batch)
     with mode:
         step = TrainStep(model, (volumes, ids, mask))
@@ -209,7 +210,7 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
     with FakeTensorMode():
         # Asked as the model will be built: Triton variants need no runnable kernels on fake tensors, and
         # under CUDA's dispatch a CUDA-only attention backend is built as its stand-in.
-        reason = supports(buildable_on_cpu(variant) if dispatch == "cuda" else variant, spec.device)
+        reason = supports(_variant_to_build(variant, dispatch), spec.device)
     if variant.compile and not reason:
         # Inductor's graphs run outside the dispatch modes that count bytes and FLOPs (a tiny compiled
         # step showed 0.13 GFLOP, the text tower's eager glue), and it fuses and recomputes differently.
@@ -247,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=DEFAULT_GPU.needle, help="GPU whose datasheet ceilings the roofline step "
                    "time uses (a substring of its CUDA name, e.g. H100, H200, A100-SXM4-80GB)")
     p.add_argument("--dispatch", choices=DISPATCH_CHOICES, default="cuda",
-                   help="whose autocast policy and kernel choices to follow where the builds differ: the CUDA "
-                   "build's, or the CPU build's (to compare with CPU cells)")
+                   help="whose autocast policy and kernel choices to follow where the builds differ: the "
+                   "CUDA build's, or the CPU build's (to compare with CPU cells)")
     p.add_argument("--out", default="results", help="directory for result files")
     return p
 

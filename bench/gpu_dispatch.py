@@ -119,6 +119,15 @@ def buildable_on_cpu(variant: Variant) -> Variant:
     return variant.replace(attention=CUDA_ONLY_ATTENTION.get(variant.attention, variant.attention))
 
 
+def set_up_as_on_cuda(model: nn.Module, variant: Variant) -> None:
+    """Make a model built from `buildable_on_cpu(variant)` make `variant`'s choices as on the CUDA build:
+    its attention backend, SDPA's kernel choice, BERT's fused dropout attention."""
+    use_attention_backend(model, variant.attention)
+    model.variant = variant
+    choose_attention_as_on_cuda(model)
+    fuse_attention_dropout(model)
+
+
 def use_attention_backend(model: nn.Module, backend: str) -> int:
     """Point every CT-ViT attention layer at `backend`'s function; returns how many were changed."""
     changed = 0
