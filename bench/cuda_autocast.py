@@ -102,6 +102,15 @@ def _tensors(values: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(value)
 
 
+def _below_autocast(op: torch._ops.OpOverload, args: tuple, kwargs: dict,
+                    dtype: "torch.dtype | None" = None) -> Any:
+    """`op` with its eligible inputs cast to `dtype` (none if None), dispatched past AutocastCPU."""
+    if dtype is not None:
+        args, kwargs = _cast(args, dtype), {k: _cast(v, dtype) for k, v in kwargs.items()}
+    with _ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+        return op(*args, **kwargs)
+
+
 def _cacheable(value: Any) -> bool:
     # What at::autocast::cached_cast would keep for the rest of the autocast region: fp32 leaves that
     # require grad (weights).
@@ -115,16 +124,13 @@ def _lower_precision_fp(op: torch._ops.OpOverload) -> Callable[..., Any]:
             # CUDA would cast such a weight once per autocast region; this emulation casts per call.
             warnings.warn(f"{op}: an fp32 weight is cast per call, not cached as CUDA autocast does",
                           stacklevel=2)
-        dtype = torch.get_autocast_dtype("cpu")
-        with _ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            return op(*_cast(args, dtype), **{k: _cast(v, dtype) for k, v in kwargs.items()})
+        return _below_autocast(op, args, kwargs, torch.get_autocast_dtype("cpu"))
     return kernel
 
 
 def _fp32(op: torch._ops.OpOverload) -> Callable[..., Any]:
     def kernel(*args: Any, **kwargs: Any) -> Any:
-        with _ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            return op(*_cast(args, torch.float32), **{k: _cast(v, torch.float32) for k, v in kwargs.items()})
+        return _below_autocast(op, args, kwargs, torch.float32)
     return kernel
 
 
@@ -158,8 +164,7 @@ def _promote(op: torch._ops.OpOverload) -> Callable[..., Any]:
                 dtype = torch.float32
             elif tensor.dtype != lower:
                 raise RuntimeError(f"{op}: unexpected floating dtype {tensor.dtype} under autocast")
-        with _ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            return op(*_cast(args, dtype), **{k: _cast(v, dtype) for k, v in kwargs.items()})
+        return _below_autocast(op, args, kwargs, dtype)
     return kernel
 
 
@@ -172,8 +177,7 @@ def _banned(op: torch._ops.OpOverload) -> Callable[..., Any]:
 
 def _passthrough(op: torch._ops.OpOverload) -> Callable[..., Any]:
     def kernel(*args: Any, **kwargs: Any) -> Any:
-        with _ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            return op(*args, **kwargs)
+        return _below_autocast(op, args, kwargs)
     return kernel
 
 
