@@ -1,6 +1,7 @@
-"""Triton fused kernels for CT-CLIP's normalisation, gated feed-forward and attention prologue: RMSNorm,
-SwiGLU, GEGLU, the per-head q/k L2-norm + scale + rotary embedding (TritonQKNormRope), and the VQ's
-nearest-code search (nearest_code: argmax of x @ codes^T without the score matrix).
+"""Triton fused kernels for CT-CLIP's normalisation, gated feed-forward and attention prologue: RMSNorm
+(alone, or with the residual add before it: TritonAddRMSNorm), SwiGLU, GEGLU, the per-head q/k L2-norm +
+scale + rotary embedding (TritonQKNormRope), and the VQ's nearest-code search (nearest_code: argmax of
+x @ codes^T without the score matrix).
 
     from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
     if supports(device) is None:
@@ -24,17 +25,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU", "nearest_code", "supports"]
+__all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU", "nearest_code",
+           "supports"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
     "TritonRMSNorm": "kernels.rmsnorm",
+    "TritonAddRMSNorm": "kernels.add_rmsnorm",
     "TritonSwiGLU": "kernels.swiglu",
     "TritonGEGLU": "kernels.swiglu",
     "TritonQKNormRope": "kernels.qknorm_rope",
     "nearest_code": "kernels.vq_nearest",
 }
-_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.swiglu", "kernels.qknorm_rope", "kernels.vq_nearest")
+_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
+                   "kernels.vq_nearest")
 
 
 def _interpret_env() -> bool:

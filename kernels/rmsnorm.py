@@ -37,9 +37,23 @@ INTERPRETED = interpreting()
 EPS_PLACEMENTS = ("inside", "outside")
 
 
+# How the fused add rounds its sum before normalising it: as the unfused add's output is stored.
+SUM_ROUNDING = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
 @triton.jit
-def _rmsnorm_fwd_kernel(X, Y, W, R, stride_x, stride_y, n_rows, n_cols, eps,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EPS_INSIDE: tl.constexpr):
+def _round_to_bf16(x):
+    # Round-to-nearest-even to bf16, kept in fp32, by integer arithmetic: the interpreter's own
+    # conversion truncates. Finite values and quiet NaNs round as torch's cast does.
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rmsnorm_fwd_kernel(X, Y, W, R, BRANCH, SUM, SUM_COPY, stride_x, stride_y, stride_branch, n_rows, n_cols,
+                        eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EPS_INSIDE: tl.constexpr,
+                        ADD_BRANCH: tl.constexpr, SUM_ROUNDING: tl.constexpr, WRITE_SUM_COPY: tl.constexpr):
     # int64 row indices: rows * stride overflows int32 beyond 2^31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -48,6 +62,17 @@ def _rmsnorm_fwd_kernel(X, Y, W, R, stride_x, stride_y, n_rows, n_cols, eps,
     mask = row_ok[:, None] & col_ok[None, :]
     # Upcast on load: the interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy we promise.
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    out_offsets = rows[:, None] * stride_y + cols[None, :]  # every output is a fresh [rows, n_cols] buffer
+    if ADD_BRANCH:  # x is the residual: normalise residual + branch, write the sum (kernels/add_rmsnorm.py)
+        branch = tl.load(BRANCH + rows[:, None] * stride_branch + cols[None, :], mask=mask, other=0.0)
+        x += branch.to(tl.float32)
+        if SUM_ROUNDING == 1:
+            x = _round_to_bf16(x)
+        elif SUM_ROUNDING == 2:
+            x = x.to(tl.float16).to(tl.float32)
+        tl.store(SUM + out_offsets, x.to(SUM.dtype.element_ty), mask=mask)
+        if WRITE_SUM_COPY:
+            tl.store(SUM_COPY + out_offsets, x.to(SUM_COPY.dtype.element_ty), mask=mask)
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     # Per-row scalars use IEEE-rounded sqrt and division (Triton's defaults are approximate): they cost
     # nothing here and keep fp32 results within an ulp or two of PyTorch's. `n_cols * 1.0` rather than
@@ -58,14 +83,16 @@ def _rmsnorm_fwd_kernel(X, Y, W, R, stride_x, stride_y, n_rows, n_cols, eps,
     else:
         r = tl.div_rn(1.0, tl.sqrt_rn(mean_sq) + eps)
     y = x * r[:, None] * w[None, :]
-    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + out_offsets, y.to(Y.dtype.element_ty), mask=mask)
     tl.store(R + rows, r, mask=row_ok)
 
 
 @triton.jit
-def _rmsnorm_bwd_kernel(DY, X, W, R, DX, DW_PARTIAL, stride_dy, stride_x, stride_dx, n_rows, n_cols,
+def _rmsnorm_bwd_kernel(DY, X, W, R, DX, DW_PARTIAL, D_SUM, D_SUM_COPY, D_BRANCH, stride_dy, stride_x,
+                        stride_dx, stride_d_sum, stride_d_sum_copy, n_rows, n_cols,
                         TILES_PER_PROGRAM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        EPS_INSIDE: tl.constexpr):
+                        EPS_INSIDE: tl.constexpr, ADD_D_SUM: tl.constexpr, ADD_D_SUM_COPY: tl.constexpr,
+                        WRITE_D_BRANCH: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
@@ -91,7 +118,18 @@ def _rmsnorm_bwd_kernel(DY, X, W, R, DX, DW_PARTIAL, stride_dy, stride_x, stride
             rms = tl.sqrt_rn(tl.div_rn(tl.sum(x * x, axis=1), n_cols * 1.0))
             coef = tl.where(rms > 0.0, tl.div_rn(r * r * c, tl.where(rms > 0.0, rms, 1.0)), 0.0)
         dx = r[:, None] * g - x * coef[:, None]
-        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        # The fused add's backward (kernels/add_rmsnorm.py): x was residual + branch, and the sum (and its
+        # low-precision copy) also had consumers of their own, whose gradients join here.
+        if ADD_D_SUM:
+            dx += tl.load(D_SUM + rows[:, None] * stride_d_sum + cols[None, :], mask=mask,
+                          other=0.0).to(tl.float32)
+        if ADD_D_SUM_COPY:
+            dx += tl.load(D_SUM_COPY + rows[:, None] * stride_d_sum_copy + cols[None, :], mask=mask,
+                          other=0.0).to(tl.float32)
+        out_offsets = rows[:, None] * stride_dx + cols[None, :]
+        tl.store(DX + out_offsets, dx.to(DX.dtype.element_ty), mask=mask)
+        if WRITE_D_BRANCH:  # the branch's gradient in the branch's own dtype, without a cast kernel
+            tl.store(D_BRANCH + out_offsets, dx.to(D_BRANCH.dtype.element_ty), mask=mask)
     tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
 
 
@@ -107,6 +145,58 @@ def _check_forward(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(f"RMSNorm weight has shape {tuple(weight.shape)}, expected ({x.shape[-1]},)")
 
 
+def launch_forward(x2: torch.Tensor, weight: torch.Tensor, eps: float, eps_placement: str, y: torch.Tensor,
+                   r: torch.Tensor, branch2: "torch.Tensor | None" = None,
+                   sum_out: "torch.Tensor | None" = None, sum_copy: "torch.Tensor | None" = None,
+                   sum_dtype: torch.dtype = torch.float32) -> None:
+    """Fill y ([rows, width], fresh) and r from the row view x2; with `branch2`, normalise x2 + branch2
+    (rounded to `sum_dtype` first) and write that sum to `sum_out` (and `sum_copy`, if given), both
+    fresh buffers shaped like y."""
+    n_rows, n_cols = x2.shape
+    if not (n_rows and n_cols):
+        return
+    block_n = _block_n(n_cols)
+    block_m = rows_per_tile(block_n, n_rows)
+    # Absent tensors are never read or written (their flags are off); any pointer stands in for them.
+    _rmsnorm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+        x2, y, weight.contiguous(), r, x2 if branch2 is None else branch2, y if sum_out is None else sum_out,
+        y if sum_copy is None else sum_copy, x2.stride(0), y.stride(0),
+        0 if branch2 is None else branch2.stride(0), n_rows, n_cols, float(eps),
+        BLOCK_M=block_m, BLOCK_N=block_n, EPS_INSIDE=eps_placement == "inside",
+        ADD_BRANCH=branch2 is not None, SUM_ROUNDING=SUM_ROUNDING[sum_dtype],
+        WRITE_SUM_COPY=sum_copy is not None,
+        num_warps=num_warps(block_m * block_n))
+
+
+def launch_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, r: torch.Tensor,
+                    eps_placement: str, dx: torch.Tensor, d_sum2: "torch.Tensor | None" = None,
+                    d_sum_copy2: "torch.Tensor | None" = None,
+                    d_branch: "torch.Tensor | None" = None) -> torch.Tensor:
+    """Fill dx ([rows, width], fresh) and return dw in weight's dtype. `d_sum2` and `d_sum_copy2` (row
+    views) are added to dx; `d_branch`, if given, receives dx again in its own dtype."""
+    n_rows, n_cols = x2.shape
+    if not (n_rows and n_cols):
+        return torch.zeros_like(weight)
+    block_n = _block_n(n_cols)
+    block_m = rows_per_tile(block_n, n_rows)
+    n_tiles = triton.cdiv(n_rows, block_m)
+    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
+    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(x2.device, n_tiles)))
+    programs = triton.cdiv(n_tiles, tiles_per_program)
+    dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
+    _rmsnorm_bwd_kernel[(programs,)](
+        dy2, x2, weight.contiguous(), r, dx, dw_partial, dy2 if d_sum2 is None else d_sum2,
+        dy2 if d_sum_copy2 is None else d_sum_copy2, dx if d_branch is None else d_branch,
+        dy2.stride(0), x2.stride(0), dx.stride(0), 0 if d_sum2 is None else d_sum2.stride(0),
+        0 if d_sum_copy2 is None else d_sum_copy2.stride(0), n_rows, n_cols,
+        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n,
+        EPS_INSIDE=eps_placement == "inside", ADD_D_SUM=d_sum2 is not None,
+        ADD_D_SUM_COPY=d_sum_copy2 is not None, WRITE_D_BRANCH=d_branch is not None,
+        num_warps=num_warps(block_m * block_n))
+    # Second stage of the dw reduction: a fixed-shape sum, so the result is bitwise reproducible.
+    return dw_partial.sum(0).to(weight.dtype)
+
+
 # Each launch is a torch custom op (torch.library), so fake tensors and dispatch modes see one op with
 # the kernel's inputs and outputs: bench.estimate can size Triton variants without running them, and
 # torch.compile keeps the kernels as opaque nodes.
@@ -115,19 +205,10 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float,
                     eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
     """y (x's shape and dtype) and the per-row fp32 r = 1/RMS (shape [rows]) for the backward."""
     _check_forward(x, weight)
-    n_cols = x.shape[-1]
-    x2 = as_rows(x, n_cols)
-    weight = weight.contiguous()
-    n_rows = x2.shape[0]
-    y = output_buffer((n_rows, n_cols), x.dtype, x.device, INTERPRETED)
-    r = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    if n_rows and n_cols:
-        block_n = _block_n(n_cols)
-        block_m = rows_per_tile(block_n, n_rows)
-        _rmsnorm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
-            x2, y, weight, r, x2.stride(0), y.stride(0), n_rows, n_cols, float(eps),
-            BLOCK_M=block_m, BLOCK_N=block_n, EPS_INSIDE=eps_placement == "inside",
-            num_warps=num_warps(block_m * block_n))
+    x2 = as_rows(x, x.shape[-1])
+    y = output_buffer(x2.shape, x.dtype, x.device, INTERPRETED)
+    r = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    launch_forward(x2, weight, eps, eps_placement, y, r)
     return y.to(x.dtype).view(x.shape), r
 
 
@@ -145,26 +226,9 @@ def rmsnorm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, r:
     """(dx in x's shape and dtype, dw in weight's dtype) from the forward's saved r."""
     n_cols = x.shape[-1]
     x2 = as_rows(x, n_cols)
-    dy2 = as_rows(dy, n_cols)
-    weight = weight.contiguous()
-    n_rows = x2.shape[0]
-    dx = output_buffer((n_rows, n_cols), x.dtype, x.device, INTERPRETED)
-    if not (n_rows and n_cols):
-        return dx.to(x.dtype).view(x.shape), torch.zeros_like(weight)
-    block_n = _block_n(n_cols)
-    block_m = rows_per_tile(block_n, n_rows)
-    n_tiles = triton.cdiv(n_rows, block_m)
-    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
-    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(x.device, n_tiles)))
-    programs = triton.cdiv(n_tiles, tiles_per_program)
-    dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x.device)
-    _rmsnorm_bwd_kernel[(programs,)](
-        dy2, x2, weight, r, dx, dw_partial, dy2.stride(0), x2.stride(0), dx.stride(0), n_rows, n_cols,
-        TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_N=block_n,
-        EPS_INSIDE=eps_placement == "inside",
-        num_warps=num_warps(block_m * block_n))
-    # Second stage of the dw reduction: a fixed-shape sum, so the result is bitwise reproducible.
-    return dx.to(x.dtype).view(x.shape), dw_partial.sum(0).to(weight.dtype)
+    dx = output_buffer(x2.shape, x.dtype, x.device, INTERPRETED)
+    dw = launch_backward(as_rows(dy, n_cols), x2, weight, r, eps_placement, dx)
+    return dx.to(x.dtype).view(x.shape), dw
 
 
 @rmsnorm_backward.register_fake

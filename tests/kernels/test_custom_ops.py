@@ -9,6 +9,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from kernels import TritonRMSNorm, TritonSwiGLU, supports
+from kernels.add_rmsnorm import add_rmsnorm_backward, add_rmsnorm_forward
 from kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from kernels.swiglu import gated_backward, gated_forward
 from tests.kernels.oplog import OpLog
@@ -35,6 +36,26 @@ def test_opcheck_rmsnorm(dtype):
     torch.library.opcheck(ops.rmsnorm_backward.default, (dy, x, w, r, "outside"), test_utils=CHECKS)
     dx, dw = rmsnorm_backward(dy, x, w, r, "outside")
     assert (dx.shape, dx.dtype, dw.shape, dw.dtype) == (x.shape, dtype, w.shape, dtype)
+
+
+@pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_opcheck_add_rmsnorm(out_dtype):
+    residual = _x(3, 5, 37)[:, ::2]  # non-contiguous rows
+    branch = _x(3, 3, 37, dtype=torch.bfloat16)
+    w = _x(37)
+    args = (branch, residual, w, 1e-6, out_dtype, True)
+    torch.library.opcheck(ops.add_rmsnorm_forward.default, args, test_utils=CHECKS)
+    total, y, copy, r = add_rmsnorm_forward(*args)
+    assert (total.shape, total.dtype, y.dtype, copy.shape, r.shape) == ((9, 37), torch.float32, out_dtype,
+                                                                         (9, 37), (9,))
+    dy, d_sum = torch.randn_like(y), torch.randn_like(total)
+    for d_copy in (None, torch.randn_like(copy)):
+        back = (dy, d_sum, d_copy, total, w, r, torch.bfloat16)
+        torch.library.opcheck(ops.add_rmsnorm_backward.default, back, test_utils=CHECKS)
+    d_residual, d_branch, dw = add_rmsnorm_backward(*back)
+    assert (d_residual.dtype, d_branch.shape, d_branch.dtype, dw.shape) == (torch.float32, (9, 37),
+                                                                            torch.bfloat16, (37,))
 
 
 @pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
