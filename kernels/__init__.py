@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU", "nearest_code",
-           "supports"]
+__all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU",
+           "nearest_code", "supports"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {

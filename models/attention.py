@@ -39,8 +39,13 @@ class Attention(nn.Module):
         self._qk_norm = QK_NORMS.get(qk_norm).impl
 
     def forward(self, x: torch.Tensor, position: "SpatialPosition | None" = None) -> torch.Tensor:
-        kv_input = x
-        q = self.to_q(self.norm(x))
+        return self.attend(self.norm(x), x, position)
+
+    def attend(self, q_input: torch.Tensor, kv_input: torch.Tensor,
+               position: "SpatialPosition | None" = None) -> torch.Tensor:
+        """Attention from the normalised stream (queries) and the stream itself (keys and values): the
+        entry `models.transformer.Layer` uses when the norm is fused with the residual add before it."""
+        q = self.to_q(q_input)
         k, v = self.to_kv(kv_input).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         rope = position.rope if position is not None else None

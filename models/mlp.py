@@ -70,4 +70,8 @@ class FeedForward(nn.Module):
         self.proj_out = nn.Linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.act(self.proj_in(self.norm(x))))
+        return self.transform(self.norm(x))
+
+    def transform(self, normed: torch.Tensor) -> torch.Tensor:
+        """The block after its norm (the entry used when the norm is fused with the residual add)."""
+        return self.proj_out(self.act(self.proj_in(normed)))

@@ -6,7 +6,9 @@ Slots (CT-CLIP names in brackets):
 - `out`:  the norm after the last layer of each transformer [`Transformer.norm_out`, bias-less].
 
 `layernorm` keeps exactly those. `rmsnorm` and `rmsnorm_triton` replace all three slots (unlike the
-seed project, whose RMSNorm switch skipped the FF norm). The two patch-embedding LayerNorms are not
+seed project, whose RMSNorm switch skipped the FF norm). `add_rmsnorm_triton` is `rmsnorm_triton` that
+also takes the residual add before the attention and FF norms into its kernel (kernels/add_rmsnorm.py;
+`models.transformer.Layer` calls its `add_and_norm`). The two patch-embedding LayerNorms are not
 transformer-block norms and never change.
 """
 
@@ -100,6 +102,21 @@ def rmsnorm_triton(dim: int, slot: str) -> nn.Module:
     from kernels import TritonRMSNorm
 
     return TritonRMSNorm(dim, eps=RMS_EPS)
+
+
+@NORMS.register("add_rmsnorm_triton", supports=_kernels_reason)
+def add_rmsnorm_triton(dim: int, slot: str) -> nn.Module:
+    """`rmsnorm_triton` with the residual add that precedes the attention and FF norms fused in: one
+    kernel writes the new residual stream and the norm, in the next matmul's dtype (and its backward
+    sums the gradients of both). Same math and parameter names as `rmsnorm`."""
+    from kernels import TritonAddRMSNorm
+
+    return TritonAddRMSNorm(dim, eps=RMS_EPS)
+
+
+def fuses_residual_add(norm: nn.Module) -> bool:
+    """Whether `norm` can take the residual add before it (a TritonAddRMSNorm's `add_and_norm`)."""
+    return callable(getattr(norm, "add_and_norm", None))
 
 
 def make_norm(name: str, dim: int, slot: str) -> nn.Module:

@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.attention import Attention
 from models.mlp import FeedForward
-from models.norms import make_norm
+from models.norms import fuses_residual_add, make_norm
 from models.peg import PEG, Grid
 from models.position import SpatialPosition
 
@@ -28,11 +28,23 @@ class Layer(nn.Module):
         self.peg = PEG(dim, stage, variant.peg_layout)
         self.attn = Attention(dim, heads, dim_head, variant.norm, variant.attention, variant.qk_norm)
         self.ff = FeedForward(dim, ff_inner, variant.norm, variant.mlp)
+        self.fused_add_norm = fuses_residual_add(self.attn.norm) and fuses_residual_add(self.ff.norm)
 
     def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None") -> torch.Tensor:
+        if self.fused_add_norm:
+            return self._forward_fused_add_norm(x, grid, position)
         x = self.peg(x, grid) + x
         x = self.attn(x, position) + x
         return self.ff(x) + x
+
+    def _forward_fused_add_norm(self, x: torch.Tensor, grid: Grid,
+                                position: "SpatialPosition | None") -> torch.Tensor:
+        # The same computation with each add that precedes a norm taken into that norm's kernel, which
+        # also writes the stream in the matmul dtype for K/V (kernels/add_rmsnorm.py). The last add feeds
+        # the next layer's PEG convolution, not a norm, and stays as it is.
+        x, q_input, kv_input = self.attn.norm.add_and_norm(self.peg(x, grid), x, sum_copy=True)
+        x, ff_input, _ = self.ff.norm.add_and_norm(self.attn.attend(q_input, kv_input, position), x)
+        return self.ff.transform(ff_input) + x
 
 
 class Transformer(nn.Module):

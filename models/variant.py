@@ -16,7 +16,8 @@ from typing import Any
 AXES: dict[str, tuple[Any, ...]] = {
     "attention": ("math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex", "flash_attn", "xformers"),
     "position": ("cpb", "cpb_table", "rope", "none"),
-    "norm": ("layernorm", "rmsnorm", "rmsnorm_triton"),
+    # `add_rmsnorm_triton`: the Triton RMSNorm with the residual add before it fused into its kernel.
+    "norm": ("layernorm", "rmsnorm", "rmsnorm_triton", "add_rmsnorm_triton"),
     "mlp": ("geglu", "swiglu", "swiglu_triton", "geglu_triton"),
     "loss": ("softmax", "siglip"),
     "text": ("bert-base", "minilm"),

@@ -26,7 +26,8 @@ MLP = {
     "swiglu_triton": "SwiGLU (Triton)",
     "geglu_triton": "GEGLU (Triton)",
 }
-NORM = {"layernorm": "LN", "rmsnorm": "RMSNorm", "rmsnorm_triton": "RMSNorm (Triton)"}
+NORM = {"layernorm": "LN", "rmsnorm": "RMSNorm", "rmsnorm_triton": "RMSNorm (Triton)",
+        "add_rmsnorm_triton": "add + RMSNorm (Triton)"}
 LOSS = {"softmax": "Softmax", "siglip": "SigLIP"}
 # CT-CLIP's own value of each axis outside the seed's three; a differing value is named after the arch.
 FAITHFUL_OTHER = {

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import TritonGEGLU, TritonRMSNorm, TritonSwiGLU, supports
+from kernels import TritonAddRMSNorm, TritonGEGLU, TritonRMSNorm, TritonSwiGLU, supports
+from tests.kernels.accuracy import assert_fa_rule
 
 models = pytest.importorskip("models")
+from models.transformer import Layer  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
@@ -39,6 +41,44 @@ def test_triton_switches_match_pytorch_switches(mlp, module):
     loss_ref, grads_ref = loss_and_grads(reference, batch)
     loss, grads = loss_and_grads(model, batch)
     assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_residual_add_matches_the_unfused_triton_norm(precision, monkeypatch):
+    # The same computation with the adds moved into the norms' kernel, so the same loss and gradients;
+    # in bf16 (a bf16 residual stream under the CPU's autocast) the kernel rounds as the unfused stores do.
+    reference_variant = models.Variant.modern().replace(norm="rmsnorm_triton", attention="math",
+                                                        precision=precision)
+    reference = models.build(reference_variant, "tiny", device=DEVICE)
+    model = models.build(reference_variant.replace(norm="add_rmsnorm_triton"), "tiny", device=DEVICE)
+    model.load_state_dict(reference.state_dict())
+    layers = [m for m in model.modules() if isinstance(m, Layer)]
+    assert layers and all(layer.fused_add_norm for layer in layers)
+    assert sum(isinstance(m, TritonAddRMSNorm) for m in model.modules()) == 2 * len(layers) + 2
+
+    batch = models.example_batch("tiny", device=DEVICE)
+    calls = []
+    original = TritonAddRMSNorm.add_and_norm
+    monkeypatch.setattr(TritonAddRMSNorm, "add_and_norm",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, grads = loss_and_grads(model, batch)
+    monkeypatch.undo()
+    assert len(calls) == 2 * len(layers)  # two fused adds per layer, each in the training step
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss_ref, grads_ref = loss_and_grads(reference, batch)
+    if precision == "fp32":
+        assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+        return
+    # The forward rounds exactly as the unfused stores do, so the loss is the same. The backward sums a
+    # layer's gradients in fp32 and rounds once where autograd rounds each bf16 accumulation, so the
+    # gradients differ in bf16's noise: FlashAttention's rule, per tensor, against the fp32 model.
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    exact = models.build(reference_variant.replace(precision="fp32"), "tiny", device=DEVICE)
+    exact.load_state_dict(reference.state_dict())
+    _, grads_exact = loss_and_grads(exact, batch)
+    for name, grad in grads.items():
+        assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
 
 
 @pytest.mark.parametrize("position", ["rope", "cpb", "none"])
