@@ -150,3 +150,48 @@ def test_vq_search_model_shape(benchmark, provider):
     measure_cuda(benchmark, lambda: search(x, codes))
     benchmark.extra_info.update(kernel="vq_search", provider=provider, tokens=KERNEL_ROWS,
                                 codes=size.codebook_size, dim=size.dim)
+
+
+@pytest.mark.parametrize("provider", ["triton_fused", "unfused"])
+def test_add_rmsnorm_fwd_bwd_model_shape(benchmark, provider):
+    """The residual add and the attention pre-norm of one paper-size layer under bf16 autocast: fp32
+    stream, bf16 branch, norm and K/V copy in bf16; fused (norm=add_rmsnorm_triton) against the add,
+    Triton RMSNorm and autocast's casts it replaces (norm=rmsnorm_triton)."""
+    from kernels import TritonAddRMSNorm, TritonRMSNorm
+    from kernels import supports as kernel_supports
+
+    device = torch.device("cuda")
+    if reason := kernel_supports(device):
+        pytest.skip(reason)
+    dim = SIZES["paper"].dim
+    gen = torch.Generator(device=device).manual_seed(0)
+    residual = torch.randn(KERNEL_ROWS, dim, generator=gen, device=device).requires_grad_(True)
+    branch = torch.randn(KERNEL_ROWS, dim, generator=gen, device=device).bfloat16().requires_grad_(True)
+    grads = [torch.randn(KERNEL_ROWS, dim, generator=gen, device=device) for _ in range(3)]
+    fused, plain = TritonAddRMSNorm(dim).to(device), TritonRMSNorm(dim).to(device)
+
+    def outputs():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if provider == "triton_fused":
+                return fused.add_and_norm(branch, residual, sum_copy=True)
+            total = branch + residual
+            return total, plain(total).bfloat16(), total.bfloat16()
+
+    def step():
+        total, y, copy = outputs()
+        torch.autograd.backward((total, y, copy), (grads[0], grads[1].bfloat16(), grads[2].bfloat16()))
+
+    # Correctness first (FlashAttention's rule on the norm): error vs fp64 at most 2x the unfused path's.
+    total64 = branch.double() + residual.double()
+    reference = total64 * torch.rsqrt(total64.square().mean(-1, keepdim=True) + plain.eps)
+    errors = {}
+    for name, norm in (("fused", lambda: fused.add_and_norm(branch, residual)[1]),
+                       ("unfused", lambda: plain(branch + residual).bfloat16())):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            errors[name] = (norm().double() - reference).abs().max().item()
+    assert errors["fused"] <= 2 * errors["unfused"] + 1e-6, errors
+
+    measure_cuda(benchmark, step, setup=lambda: clear_grads(residual, branch, *fused.parameters(),
+                                                            *plain.parameters()))
+    benchmark.extra_info.update(kernel="add_rmsnorm", provider=provider, rows=KERNEL_ROWS, width=dim,
+                                dtype="fp32 stream, bf16 branch")
