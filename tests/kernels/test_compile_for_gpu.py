@@ -43,20 +43,46 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
             const_cols = {"n_cols": 1} if width == 1 else {}
             if const_cols:
                 del ints["n_cols"]
+            # Pointers and strides the flags leave unused are still arguments: typed like the live ones.
+            absent_fwd = {"BRANCH": f"*{dt}", "SUM": f"*{dt}", "SUM_COPY": f"*{dt}", "stride_branch": "i32"}
+            absent_bwd = {"D_SUM": f"*{dt}", "D_SUM_COPY": f"*{dt}", "D_BRANCH": f"*{dt}",
+                          "stride_d_sum": "i32", "stride_d_sum_copy": "i32"}
+            plain_fwd = {"ADD_BRANCH": False, "SUM_ROUNDING": 0, "WRITE_SUM_COPY": False}
+            plain_bwd = {"ADD_D_SUM": False, "ADD_D_SUM_COPY": False, "WRITE_D_BRANCH": False}
             for inside in (True, False):
                 compile_(rmsnorm._rmsnorm_fwd_kernel,
-                         {"X": f"*{dt}", "Y": f"*{dt}", "W": f"*{dt}", "R": "*fp32", "stride_x": "i32",
-                          "stride_y": "i32", **ints, "eps": "fp32"},
-                         {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": inside},
+                         {"X": f"*{dt}", "Y": f"*{dt}", "W": f"*{dt}", "R": "*fp32", **absent_fwd,
+                          "stride_x": "i32", "stride_y": "i32", **ints, "eps": "fp32"},
+                         {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": inside, **plain_fwd},
                          _launch.num_warps(bm * bn), target)
                 compile_(rmsnorm._rmsnorm_bwd_kernel,
                          {"DY": f"*{dt}", "X": f"*{dt}", "W": f"*{dt}", "R": "*fp32", "DX": f"*{dt}",
-                          "DW_PARTIAL": "*fp32", "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32",
-                          **ints},
+                          "DW_PARTIAL": "*fp32", **absent_bwd, "stride_dy": "i32", "stride_x": "i32",
+                          "stride_dx": "i32", **ints},
                          {**const_cols, "TILES_PER_PROGRAM": 16, "BLOCK_M": bm, "BLOCK_N": bn,
-                          "EPS_INSIDE": inside},
+                          "EPS_INSIDE": inside, **plain_bwd},
                          _launch.num_warps(bm * bn), target)
                 count += 2
+            # The fused residual add (kernels/add_rmsnorm.py): an fp32 stream with a `dt` branch, norm and
+            # copy (autocast), and a stream in `dt` itself, whose sum is rounded in the kernel.
+            for stream in ("fp32", dt):
+                compile_(rmsnorm._rmsnorm_fwd_kernel,
+                         {"X": f"*{stream}", "Y": f"*{dt}", "W": "*fp32", "R": "*fp32", "BRANCH": f"*{dt}",
+                          "SUM": f"*{stream}", "SUM_COPY": f"*{dt}", "stride_x": "i32", "stride_y": "i32",
+                          "stride_branch": "i32", **ints, "eps": "fp32"},
+                         {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": True, "ADD_BRANCH": True,
+                          "SUM_ROUNDING": {"fp32": 0, "bf16": 1, "fp16": 2}[stream], "WRITE_SUM_COPY": True},
+                         _launch.num_warps(bm * bn), target)
+                count += 1
+            compile_(rmsnorm._rmsnorm_bwd_kernel,
+                     {"DY": f"*{dt}", "X": "*fp32", "W": "*fp32", "R": "*fp32", "DX": "*fp32", "DW_PARTIAL": "*fp32",
+                      "D_SUM": "*fp32", "D_SUM_COPY": f"*{dt}", "D_BRANCH": f"*{dt}", "stride_dy": "i32",
+                      "stride_x": "i32", "stride_dx": "i32", "stride_d_sum": "i32", "stride_d_sum_copy": "i32",
+                      **ints},
+                     {**const_cols, "TILES_PER_PROGRAM": 16, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": True,
+                      "ADD_D_SUM": True, "ADD_D_SUM_COPY": True, "WRITE_D_BRANCH": True},
+                     _launch.num_warps(bm * bn), target)
+            count += 1
             bm, bn = swiglu._blocks(rows, width)
             for geglu in (True, False):
                 compile_(swiglu._gated_fwd_kernel,
@@ -109,4 +135,4 @@ def test_kernels_compile_to_cubin_for_sm80_and_sm90():
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "compiled 144" in done.stdout
+    assert "compiled 180" in done.stdout
