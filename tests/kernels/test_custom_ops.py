@@ -102,3 +102,53 @@ def test_compiled_module_keeps_the_kernels_in_one_graph():
     compiled(x).square().sum().backward()
     for got, want in zip([p.grad for p in model.parameters()], expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _AddNormBlock(torch.nn.Module):
+    """A pre-norm residual block on TritonAddRMSNorm, as models.transformer.Layer uses it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        from kernels import TritonAddRMSNorm
+
+        self.branch, self.norm, self.out = (torch.nn.Linear(width, width), TritonAddRMSNorm(width),
+                                            torch.nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total, normed, copy = self.norm.add_and_norm(self.branch(x), x, sum_copy=True)
+        return self.out(normed) + copy * total
+
+
+def test_fused_add_norm_on_fake_tensors_is_one_op_each_way():
+    # What bench.estimate sees of norm=add_rmsnorm_triton: one forward and one backward op per call, with
+    # the outputs' dtypes autocast gives (fp32 stream, bf16 norm and copy) and bf16 gradients for the branch.
+    from kernels import TritonAddRMSNorm
+
+    with FakeTensorMode():
+        norm = TritonAddRMSNorm(24)
+        residual = torch.randn(5, 7, 24, requires_grad=True)
+        branch = torch.randn(5, 7, 24, dtype=torch.bfloat16, requires_grad=True)
+        log = OpLog()
+        with log, torch.autocast("cpu", dtype=torch.bfloat16):
+            total, y, copy = norm.add_and_norm(branch, residual, sum_copy=True)
+            (total.sum() + y.float().sum() + copy.float().sum()).backward()
+        assert (total.dtype, y.dtype, copy.dtype) == (torch.float32, torch.bfloat16, torch.bfloat16)
+        assert (residual.grad.dtype, branch.grad.dtype) == (torch.float32, torch.bfloat16)
+    kernel_ops = [n for n in log.names if n.startswith("ctclip_kernels.")]
+    assert kernel_ops == ["ctclip_kernels.add_rmsnorm_forward", "ctclip_kernels.add_rmsnorm_backward"]
+
+
+@pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
+def test_compiled_fused_add_norm_keeps_the_kernels_in_one_graph():
+    # The GPU check compiles the fastest candidate, which runs the fused add: no graph break, eager's numbers.
+    torch.manual_seed(0)
+    model = _AddNormBlock(24).to(DEVICE)
+    x = _x(5, 3, 24)
+    model(x).square().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    compiled(x).square().sum().backward()
+    for got, want in zip([p.grad for p in model.parameters()], expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
