@@ -139,16 +139,21 @@ def test_fused_add_norm_on_fake_tensors_is_one_op_each_way():
 
 
 @pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
-def test_compiled_fused_add_norm_keeps_the_kernels_in_one_graph():
-    # The GPU check compiles the fastest candidate, which runs the fused add: no graph break, eager's numbers.
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_compiled_fused_add_norm_keeps_the_kernels_in_one_graph(autocast):
+    # The GPU check compiles the fastest candidate, which runs the fused add under autocast: no graph
+    # break (the autocast dtype is read while tracing), eager's numbers.
     torch.manual_seed(0)
     model = _AddNormBlock(24).to(DEVICE)
     x = _x(5, 3, 24)
-    model(x).square().sum().backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
+
+    def grads(module):
+        model.zero_grad()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            module(x).float().square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    expected = grads(model)
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)
-    compiled(x).square().sum().backward()
-    for got, want in zip([p.grad for p in model.parameters()], expected):
+    for got, want in zip(grads(torch.compile(model, fullgraph=True)), expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
