@@ -23,10 +23,11 @@ import torch
 
 from bench import faults
 from bench.environment import device_info, environment, gpu_clocks
-from bench.flops import counter, peak_entry, throughput
+from bench.flops import counter, model_flops, peak_entry, throughput
 from bench.memory import (GpuMemoryProbe, SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes,
                           peak_rss_bytes, rss_bytes)
 from bench.profile import profile_step
+from bench.recompute import counting_recomputation
 from bench.result import Memory, Result, cell_key, stage_flags
 from bench.step import TrainStep
 from bench.timers import TimingSettings, time_stable, warm_up
@@ -102,20 +103,23 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
 
 
 def _accounting_step(step: TrainStep) -> tuple[Memory, dict[str, float]]:
-    """One extra, untimed step: bytes saved for backward, FLOPs, and parameter/gradient/optimizer bytes."""
+    """One extra, untimed step: bytes saved for backward, FLOPs (and those checkpointing recomputes), and
+    parameter/gradient/optimizer bytes."""
 
     memory = Memory(param_bytes=param_bytes(step.model))
-    with SavedBytes(step.model.parameters()) as saved, counter() as fwd:
-        loss = step.forward()
-    with counter() as bwd:
-        step.backward(loss)
+    with counting_recomputation(step.model) as recomputed:
+        with SavedBytes(step.model.parameters()) as saved, counter() as fwd:
+            loss = step.forward()
+        with counter() as bwd:
+            step.backward(loss)
     memory.saved_activations_bytes = saved.bytes
     memory.grad_bytes = grad_bytes(step.model)
     step.optimizer_step()
     memory.optimizer_state_bytes = optimizer_state_bytes(step.optimizer)
     step.zero_grad()
     forward, backward = float(fwd.get_total_flops()), float(bwd.get_total_flops())
-    return memory, {"forward": forward, "backward": backward, "total": forward + backward}
+    return memory, {"forward": forward, "backward": backward, "total": forward + backward,
+                    "recomputed": recomputed.flops}
 
 
 def measure(spec: CellSpec) -> Result:
@@ -156,11 +160,14 @@ def measure(spec: CellSpec) -> Result:
             setattr(result.memory, f, getattr(accounting, f))
         result.memory.cpu_rss_baseline_bytes = rss_baseline
         result.memory.cpu_peak_rss_bytes = peak_rss_bytes()
-        # FlopCounterMode sees nothing inside compiled graphs; a zero count is "unknown", not zero work.
+        # Under a dispatch mode torch.compile runs the step eagerly, so compile=on cells count the same
+        # FLOPs as eager ones; a zero count would mean nothing was seen: "unknown", not zero work.
         result.flops = flops if flops["total"] > 0 else None
         result.peak = peak_entry(result.device.get("name", ""), variant.precision, device.type)
         step_median = result.stages["step"].median
-        result.tflops_per_s, result.mfu = throughput(flops["total"] or None, step_median, result.peak)
+        if result.flops is not None:
+            result.tflops_per_s, result.mfu = throughput(model_flops(flops), step_median, result.peak)
+            result.hfu = throughput(flops["total"], step_median, result.peak)[1]
         result.flags = stage_flags(result.stages)
         if spec.profile_top > 0:
             try:

@@ -52,8 +52,9 @@ from bench.config import parse_with_config
 from bench.cuda_sdpa import NoCudaKernel, NotEmulated
 from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
-from bench.flops import counter, matmul_precision
+from bench.flops import counter, matmul_precision, model_flops
 from bench.gpu_dispatch import buildable_on_cpu, cuda_dispatch, foreach_as_on_cuda, set_up_as_on_cuda
+from bench.recompute import counting_recomputation
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
 from bench.result import Result
@@ -163,33 +164,36 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
         # FLOPs and the roofline in a second pass: FlopCounterMode's module hooks keep tensors alive through
         # a checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
         precision = matmul_precision(variant.precision, "cuda")  # the matmul precision MFU's peak is for
-        forward, backward, roofline = flops_and_roofline(step, RooflineMode(gpu, tf32=precision == "tf32"))
+        roofline = RooflineMode(gpu, tf32=precision == "tf32")
+        forward, backward, recomputed, roofline = flops_and_roofline(step, roofline)
         memory = {
             "param_bytes": param_bytes(model), "grad_bytes": grads,
             "optimizer_state_bytes": optimizer_state_bytes(step.optimizer),
             "saved_activations_bytes": saved.bytes, "largest_transient_bytes": tracker.largest_op_bytes,
             "predicted_peak_bytes": tracker.peak_bytes,
         }
-    flops = {"forward": forward, "backward": backward, "total": forward + backward}
+    flops = {"forward": forward, "backward": backward, "total": forward + backward, "recomputed": recomputed}
     bound = roofline.estimate()
     return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op,
-            "roofline": dict(bound.to_dict(), mfu_bound=bound.mfu_bound(precision))}
+            "roofline": dict(bound.to_dict(), mfu_bound=bound.mfu_bound(precision, model_flops(flops)))}
 
 
-def flops_and_roofline(step: TrainStep, roofline: RooflineMode) -> tuple[float, float, RooflineMode]:
-    """Forward and backward FLOPs (FlopCounterMode) and `roofline` filled by one training step."""
+def flops_and_roofline(step: TrainStep, roofline: RooflineMode) -> tuple[float, float, float, RooflineMode]:
+    """Forward and backward FLOPs (FlopCounterMode), the part of backward that checkpointing recomputes
+    (bench.recompute), and `roofline` filled by one training step."""
     # The roofline innermost (entered last, so it sees each op first): FlopCounterMode decomposes ops it
     # has no formula for but a composite kernel (silu_backward, _fused_rms_norm), and a roofline beneath
     # it would cost the decomposition's passes instead of the one kernel a GPU runs.
-    with counter() as fwd, roofline:
-        loss = step.forward()
-    with counter() as bwd, roofline:
-        step.backward(loss)
+    with counting_recomputation(step.model) as recomputed:
+        with counter() as fwd, roofline:
+            loss = step.forward()
+        with counter() as bwd, roofline:
+            step.backward(loss)
     with roofline:
         step.optimizer_step()
     del loss
     step.zero_grad()
-    return float(fwd.get_total_flops()), float(bwd.get_total_flops()), roofline
+    return float(fwd.get_total_flops()), float(bwd.get_total_flops()), recomputed.flops, roofline
 
 
 def _create_optimizer_state(step: TrainStep) -> None:
@@ -288,10 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.status == "ok":
             m = r.memory
+            recomputed = r.flops.get("recomputed") or 0.0
             print(f"{r.variant_key}: saved activations {m.saved_activations_bytes / gib:.2f} GiB, "
                   f"predicted peak {m.predicted_peak_bytes / gib:.2f} GiB, "
                   f"FLOPs/step {r.flops['total'] / 1e12:.2f} TFLOP (fwd {r.flops['forward'] / 1e12:.2f}, "
-                  f"bwd {r.flops['backward'] / 1e12:.2f})")
+                  f"bwd {r.flops['backward'] / 1e12:.2f}"
+                  + (f", of which recomputed {recomputed / 1e12:.2f}" if recomputed else "") + ")")
             roof = r.roofline
             print(f"{'':{len(r.variant_key)}}  roofline on {roof['gpu']}: {roof['step_s'] * 1e3:.1f} ms "
                   f"({roof['memory_bound_s'] / roof['step_s']:.0%} of it memory-bound, {roof['ops']} ops), "

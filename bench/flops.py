@@ -98,6 +98,12 @@ def peak_entry(device_name: str, precision: str, device_type: str) -> dict[str, 
     return {"entry": spec.entry, "precision": mm, "tflops": spec.tflops[mm]}
 
 
+def model_flops(flops: dict[str, float]) -> float:
+    """MFU's numerator: the step's executed FLOPs less what activation checkpointing recomputed (its
+    `recomputed` entry, bench.recompute; absent or 0 without checkpointing). HFU counts them all."""
+    return flops["total"] - flops.get("recomputed", 0.0)
+
+
 def throughput(total_flops: float | None, step_seconds: float | None,
                peak: dict[str, Any] | None) -> tuple[float | None, float | None]:
     """(TFLOP/s, MFU); MFU is None without a peak entry."""

@@ -33,9 +33,12 @@ Fields of `Result` (schema version 1):
   prefix says whose figure it is: `gpu_*` from the CUDA caching allocator, `nvml_*` from NVML (device
   wide), `cpu_*` the process's resident set, unprefixed ones are device-independent accounting
   (bytes saved for backward, parameters, gradients, optimizer state). See `Memory`.
-- `flops` dict `forward`, `backward`, `total` per training step (FlopCounterMode; backward includes
-  any checkpoint recomputation). `tflops_per_s` = total / step median / 1e12; `mfu` = tflops_per_s /
-  peak; `peak` the table entry used ({"entry", "precision", "tflops"}) or None with `mfu` None.
+- `flops` dict `forward`, `backward`, `total` per training step as executed (FlopCounterMode; backward
+  includes any checkpoint recomputation), and `recomputed`, the part of `backward` that checkpointing
+  reran (bench.recompute). Model FLOPs = total - recomputed (PaLM's definition). `tflops_per_s` = model
+  FLOPs / step median / 1e12; `mfu` = tflops_per_s / peak; `hfu` the same with every executed FLOP
+  (recomputation included; equal to `mfu` without checkpointing); `peak` the table entry used
+  ({"entry", "precision", "tflops"}) or None with `mfu` and `hfu` None.
 - `settings` how the cell was run: warmup, warmup_time_s, repeats, min_time_s, timeout_s, seed.
 - `env` environment (python, torch, cuda, cudnn, triton, transformers, optional packages, GPU driver,
   clocks and throttle reasons before/after, CPU model...); `git` {"sha", "dirty"}.
@@ -150,6 +153,7 @@ class Result:
     flops: dict[str, float] | None = None
     tflops_per_s: float | None = None
     mfu: float | None = None
+    hfu: float | None = None
     peak: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)

@@ -111,10 +111,13 @@ class RooflineEstimate:
     ops: int  # ops that move data: roughly the kernels launched
     top_ops: list[dict[str, Any]] = field(default_factory=list)
 
-    def mfu_bound(self, precision: str) -> float | None:
-        """The highest MFU this step could show: its FLOPs over the bound, against the peak MFU uses."""
+    def mfu_bound(self, precision: str, model_flops: float | None = None) -> float | None:
+        """The highest MFU this step could show: its model FLOPs (default: every FLOP it executes; pass
+        them without checkpointing's recomputation, bench.recompute) over the bound, against the peak
+        MFU uses."""
         peak = self.peak_tflops.get(precision)
-        return self.flops / self.step_s / (peak * 1e12) if peak and self.step_s else None
+        flops = self.flops if model_flops is None else model_flops
+        return flops / self.step_s / (peak * 1e12) if peak and self.step_s else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

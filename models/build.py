@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch.utils.checkpoint import noop_context_fn
 
 from models.attention_backends import ATTENTION
 from models.ctclip import CTCLIP
@@ -73,17 +75,25 @@ def build(variant: Variant, size: "Size | str", device: "torch.device | str" = "
     if any(p.device != device for p in model.parameters()):
         model = model.to(device)
     if variant.checkpointing:
-        text = model.text_encoder
-        if hasattr(text, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method
-            text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_text_checkpointing(model.text_encoder)
     if variant.compile:
         # Compile the two towers in place (state-dict keys unchanged) so the stage methods
         # encode_image / encode_text, which call the towers, run compiled.
         model.visual_encoder.compile()
         model.text_encoder.compile()
     return model
+
+
+def enable_text_checkpointing(text: torch.nn.Module, context_fn: Callable = noop_context_fn) -> None:
+    """Non-reentrant checkpointing of every layer of a transformers text tower, with torch.utils.checkpoint's
+    `context_fn` (bench.recompute passes one that counts the recomputation; the default is the no-op)."""
+    kwargs = {"use_reentrant": False}
+    if context_fn is not noop_context_fn:  # as models.transformer.maybe_checkpointed: only when set
+        kwargs["context_fn"] = context_fn
+    if hasattr(text, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method
+        text.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        text.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def example_batch(size: "Size | str", batch: "int | None" = None, device: "torch.device | str" = "cpu",

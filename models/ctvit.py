@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import noop_context_fn
 
 from models.position import POSITIONS
 from models.transformer import Transformer, maybe_checkpointed
@@ -50,12 +51,14 @@ class CTViT(nn.Module):
         self.temporal = Transformer(size.dim, size.temporal_depth, *layer_args, stage="temporal")
         self.vq = VQ_IMPLS.get(variant.vq_impl).impl(size.dim, size.codebook_size) if variant.vq else None
         self.checkpointing = variant.checkpointing
+        self.checkpoint_context_fn = noop_context_fn
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> quantised tokens (B, t, h, w, dim)."""
         # Checkpointed, the patch norm no longer keeps the fp32 patch copy and its bf16 cast for backward
         # (1.2 GiB at paper size, batch 4): more than the checkpointed transformer layers keep.
-        tokens = maybe_checkpointed(self.checkpointing, self.patch_embed, volume)
+        tokens = maybe_checkpointed(self.checkpointing, self.patch_embed, volume,
+                                    context_fn=self.checkpoint_context_fn)
         b, t, h, w, _ = tokens.shape
         grid = (b, t, h, w)
         position = self.position(h, w, tokens.device)

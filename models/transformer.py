@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 from models.attention import Attention
 from models.mlp import FeedForward
@@ -13,12 +13,17 @@ from models.peg import PEG, Grid
 from models.position import SpatialPosition
 
 
-def maybe_checkpointed(enabled: bool, module: nn.Module, *args):
+def maybe_checkpointed(enabled: bool, module: nn.Module, *args, context_fn=noop_context_fn):
     """`module(*args)`, recomputed in backward instead of kept for it when `enabled` and training with
     gradients on. Non-reentrant checkpointing also handles inputs captured by the call that need grad
-    (the position bias)."""
+    (the position bias). `context_fn` is torch.utils.checkpoint's (a forward and a recomputation
+    context per call): the holders' `checkpoint_context_fn`, which bench.recompute sets to count the
+    recomputation's FLOPs and leaves as the no-op otherwise."""
     if enabled and module.training and torch.is_grad_enabled():
-        return checkpoint(module, *args, use_reentrant=False)
+        # Passed only when set: torch.compile treats any explicit context_fn, the no-op included, as a
+        # selective-checkpointing policy, and plain checkpointing as recompute-everything.
+        extra = {} if context_fn is noop_context_fn else {"context_fn": context_fn}
+        return checkpoint(module, *args, use_reentrant=False, **extra)
     return module(*args)
 
 
@@ -53,8 +58,10 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Layer(dim, heads, dim_head, ff_inner, variant, stage) for _ in range(depth))
         self.norm_out = make_norm(variant.norm, dim, "out")
         self.checkpointing = variant.checkpointing
+        self.checkpoint_context_fn = noop_context_fn
 
     def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None" = None) -> torch.Tensor:
         for layer in self.layers:
-            x = maybe_checkpointed(self.checkpointing, layer, x, grid, position)
+            x = maybe_checkpointed(self.checkpointing, layer, x, grid, position,
+                                   context_fn=self.checkpoint_context_fn)
         return self.norm_out(x)

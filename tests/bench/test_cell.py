@@ -26,7 +26,9 @@ def test_tiny_cell_measures_positive_stages_memory_and_flops():
     # GPU-only figures stay unmeasured on a CPU rather than reading torch.cuda's silent zeros.
     assert m.gpu_allocated_peak_bytes is None and m.nvml_used_before_bytes is None
     assert result.flops["total"] == result.flops["forward"] + result.flops["backward"] > 0
-    assert result.peak is None and result.mfu is None and result.tflops_per_s > 0
+    assert result.flops["recomputed"] == 0  # nothing is checkpointed: model FLOPs are all of them
+    assert result.peak is None and result.mfu is None and result.hfu is None
+    assert result.tflops_per_s == pytest.approx(result.flops["total"] / result.stages["step"].median / 1e12)
     assert result.device["type"] == "cpu" and result.device["torch_threads"] == 1
 
 
