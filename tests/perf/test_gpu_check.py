@@ -204,7 +204,8 @@ def test_without_a_gpu_it_says_use_dry_run():
     assert done.returncode == 2 and "--dry-run" in done.stderr
 
 
-def _gpu_row(variant, step_s: float, peak_gib: float, mfu: float, baseline: bool = False):
+def _gpu_row(variant, step_s: float, peak_gib: float, mfu: float, baseline: bool = False,
+             hfu: float | None = None):
     from bench.result import Memory, Result, StageStats, cell_key
 
     key = variant.key
@@ -212,7 +213,8 @@ def _gpu_row(variant, step_s: float, peak_gib: float, mfu: float, baseline: bool
                   size="paper", size_config={}, batch=4, device={"type": "cuda", "name": "NVIDIA H100 80GB HBM3"},
                   status="ok", baseline=baseline, precision="bf16",
                   stages={"step": StageStats(step_s, 0.0, step_s, step_s, 4, [step_s] * 4)},
-                  memory=Memory(gpu_allocated_peak_bytes=int(peak_gib * 2**30)), mfu=mfu, tflops_per_s=mfu * 989)
+                  memory=Memory(gpu_allocated_peak_bytes=int(peak_gib * 2**30)), mfu=mfu,
+                  tflops_per_s=mfu * 989, hfu=mfu if hfu is None else hfu)
 
 
 def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
@@ -229,7 +231,7 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     fast, lean, cpb, unfused_norm = (c.variant for c in parts["targets"].cells)
     compiled = parts["targets-compiled"].cells[0].variant
     rows = {"paper-bf16": [_gpu_row(faithful, 1.0, 40.0, 0.20, baseline=True), _gpu_row(modern, 0.9, 30.0, 0.22)],
-            "targets": [_gpu_row(fast, 0.6, 16.0, 0.33), _gpu_row(lean, 0.95, 10.0, 0.21),
+            "targets": [_gpu_row(fast, 0.6, 16.0, 0.33), _gpu_row(lean, 0.95, 10.0, 0.21, hfu=0.26),
                         _gpu_row(cpb, 0.8, 18.0, 0.25), _gpu_row(unfused_norm, 0.65, 16.0, 0.30)],
             "targets-compiled": [_gpu_row(compiled, 0.45, 14.0, 0.44)]}
     for name, results in rows.items():
@@ -257,5 +259,7 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     assert data["targets"]["leanest"]["variant"] == lean.key
     assert data["targets"]["leanest"]["memory_ratio"] == pytest.approx(0.25)
     assert data["targets"]["leanest"]["reached"]
+    # The checkpointed candidate's MFU leaves out its recomputation, its HFU keeps it.
+    assert f"| {lean.key} | ok | 950.0 | 10.000 | 0.950x | 0.250x | 208 | 21.0 % | 26.0 % |" in text
     assert len(data["targets"]["rows"]) == 5 and "targets-compiled" not in data
     assert "0.450x step time, MFU 44.0 %" in text and f"of a {sum(plan.budgets().values()):.0f} s budget" in text
