@@ -18,6 +18,11 @@ dw is reduced in two deterministic stages: each program of the backward walks a 
 and keeps its own fp32 partial sum (no atomics), then one `sum` over the programs' partials. Rows of any
 width up to 65,536 are handled in one tile per row, with masking for widths that are not powers of two.
 
+Both kernels also serve the residual add fused into the norm (kernels/add_rmsnorm.py), behind constexpr
+flags that compile away when off: the forward adds a branch to x, rounds the sum to the stream's dtype
+and writes it (and a copy in the output's dtype); the backward adds the sum's own gradients to dx and
+writes dx a second time in the branch's dtype.
+
 References: the Triton layer-norm tutorial (fused backward with per-program dW partials) and
 Liger-Kernel's rms_norm (saved fp32 rstd, grid-stride backward); the code here is written afresh.
 """
