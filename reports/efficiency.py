@@ -194,13 +194,12 @@ def _csv_only(rows: list[EffRow]) -> list[Column]:
         cols.append(
             Column(f"{key.removesuffix('_bytes')} (GiB)", [_gib(r.memory.get(key)) for r in rows], show=False)
         )
-    cols.append(
-        Column(
-            "total FLOPs per step (GFLOP)",
-            [r.flops["total"] / 1e9 if r.flops and r.flops.get("total") is not None else None for r in rows],
-            show=False,
-        )
-    )
+    for part, header in (("total", "total FLOPs per step (GFLOP)"),
+                         ("recomputed", "checkpoint-recomputed FLOPs per step (GFLOP)")):
+        cols.append(Column(header, [r.flops[part] / 1e9 if r.flops and r.flops.get(part) is not None else None
+                                    for r in rows], show=False))
+    # MFU counts model FLOPs (recomputation left out); HFU every executed FLOP (bench/result.py).
+    cols.append(Column("HFU (%)", [r.hfu * 100 if r.hfu is not None else None for r in rows], show=False))
     cols.append(Column("source", [r.source for r in rows], show=False))
     return cols
 
@@ -329,8 +328,8 @@ def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: 
             "DRAM bandwidth), summed (bench.roofline): a lower bound for eager kernels, which fusion "
             "(torch.compile) can beat; the ops are the CPU build's, cast by CUDA's autocast policy, with "
             "BERT's dropout attention and rms_norm as the CUDA build's fused kernels unless estimated with "
-            "--dispatch cpu. MFU bound = the "
-            "step's FLOPs over that time, against the peak MFU uses."
+            "--dispatch cpu. MFU bound = the step's model FLOPs (less what checkpointing recomputes) "
+            "over that time, against the peak MFU uses."
         ),
     ]
     return Table(

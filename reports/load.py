@@ -81,6 +81,7 @@ class EffRow:
     flops: dict[str, float] | None = None
     tflops_per_s: float | None = None
     mfu: float | None = None
+    hfu: float | None = None
     peak: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
@@ -217,6 +218,7 @@ def parse_efficiency(row: dict[str, Any], source: str) -> EffRow:
         flops={k: _number(v, f"flops.{k}") for k, v in flops.items()} if flops else None,
         tflops_per_s=_number(row.get("tflops_per_s"), "tflops_per_s"),
         mfu=_number(row.get("mfu"), "mfu"),
+        hfu=_number(row.get("hfu"), "hfu"),
         peak=_need(row, "peak", dict, optional=True),
         settings=_need(row, "settings", dict, optional=True) or {},
         flags=[str(f) for f in (_need(row, "flags", list, optional=True) or [])],

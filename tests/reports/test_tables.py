@@ -68,6 +68,9 @@ def test_csv_has_units_and_exact_values(built) -> None:
     )
     assert r["step p90 (ms)"] == pytest.approx(modern["stages"]["step"]["p90"] * 1e3)
     assert r["MFU (%)"] == pytest.approx(modern["mfu"] * 100)
+    assert r["HFU (%)"] == pytest.approx(modern["hfu"] * 100)
+    assert r["checkpoint-recomputed FLOPs per step (GFLOP)"] == 0
+    assert r["total FLOPs per step (GFLOP)"] == pytest.approx(modern["flops"]["total"] / 1e9)
     assert set(frame["device"]) == {"NVIDIA H100 80GB HBM3", "CPU, 2 cores, 1 torch thread (Test CPU 9000)"}
     assert all(
         "(" in c
