@@ -25,11 +25,14 @@ one `sum` over the programs. cos and sin are constants (no gradient).
 
 Layout. t is (B, H, N, D) with any strides: in the model it is the rearranged view of a (B, N, H*D)
 projection, unit-stride along D with h and n interleaved. The kernels take the three outer strides, so
-only a non-unit stride along D costs a copy. Each row is handled as its two halves, [0, ceil(D/2)) and
-[ceil(D/2), D), each a power-of-two BLOCK_H wide with masking: rotate_half then pairs lane i of one half
-with lane i of the other, with no gather. Odd D is fine without rope (the second half is one narrower).
+only a non-unit stride along D costs a copy, and write the output (and dt) with t's outer dimensions in
+t's memory order: q stays (B, N, H, D) in memory, so SDPA's output, which takes q's layout, is a free
+view for the model's `b h n d -> b n (h d)`, as with the eager expression. Each row is handled as its
+two halves, [0, ceil(D/2)) and [ceil(D/2), D), each a power-of-two BLOCK_H wide with masking:
+rotate_half then pairs lane i of one half with lane i of the other, with no gather. Odd D is fine
+without rope (the second half is one narrower).
 
-Output dtype. The output is a fresh contiguous (B, H, N, D) tensor in t's dtype, whereas PyTorch's
+Output dtype. The output is a fresh (B, H, N, D) tensor in t's dtype, whereas PyTorch's
 expression promotes to fp32 (scale is an fp32 parameter). Under autocast the attention kernels cast q and
 k to the autocast dtype anyway, so writing t's dtype loses nothing and halves the writes.
 """
@@ -81,7 +84,7 @@ def _load_rope(COS, SIN, n, cols, half, n_cols, m1, m2):
 
 @triton.jit
 def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, stride_n,
-                             n_rows, n_heads, n_seq, n_cols, eps,
+                             so_b, so_h, so_n, n_rows, n_heads, n_seq, n_cols, eps,
                              BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, ROPE: tl.constexpr):
     # int64 row indices: offsets overflow int32 beyond 2^31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -108,7 +111,8 @@ def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, str
     else:
         o1 = y1
         o2 = y2
-    out = OUT + rows[:, None] * n_cols + cols[None, :]
+    out_offset, _ = _strided_rows(rows, n_heads, n_seq, so_b, so_h, so_n)
+    out = OUT + out_offset[:, None] + cols[None, :]
     tl.store(out, o1.to(OUT.dtype.element_ty), mask=m1)
     tl.store(out + half, o2.to(OUT.dtype.element_ty), mask=m2)
     tl.store(R + rows, r, mask=row_ok)
@@ -116,7 +120,8 @@ def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, str
 
 @triton.jit
 def _qk_norm_rope_bwd_kernel(DOUT, T, SCALE, R, COS, SIN, DT, DSCALE_PARTIAL,
-                             sd_b, sd_h, sd_n, st_b, st_h, st_n, n_rows, n_heads, n_seq, n_cols, eps,
+                             sd_b, sd_h, sd_n, st_b, st_h, st_n, so_b, so_h, so_n, n_rows, n_heads, n_seq,
+                             n_cols, eps,
                              TILES_PER_PROGRAM: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_H: tl.constexpr, ROPE: tl.constexpr):
     pid = tl.program_id(0)
@@ -162,7 +167,7 @@ def _qk_norm_rope_bwd_kernel(DOUT, T, SCALE, R, COS, SIN, DT, DSCALE_PARTIAL,
         dot = tl.where(norm >= eps, dot, 0.0)
         dx1 = r[:, None] * (g1 - xh1 * dot[:, None])
         dx2 = r[:, None] * (g2 - xh2 * dot[:, None])
-        dx_first = DT + rows[:, None] * n_cols + cols[None, :]
+        dx_first = DT + _strided_rows(rows, n_heads, n_seq, so_b, so_h, so_n)[0][:, None] + cols[None, :]
         tl.store(dx_first, dx1.to(DT.dtype.element_ty), mask=m1)
         tl.store(dx_first + half, dx2.to(DT.dtype.element_ty), mask=m2)
     partial = DSCALE_PARTIAL + pid * n_cols
@@ -207,16 +212,32 @@ def _outer_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _empty_like_layout(t: torch.Tensor, dtype: torch.dtype, interpreted: bool = INTERPRETED) -> torch.Tensor:
+    """A fresh (B, H, N, D) tensor whose outer dimensions lie in memory in the order t's do, D last.
+
+    The model's q and k are (B, H, N, D) views of a (B, N, H*D) projection: written back in that
+    order, SDPA's output (which follows q's layout on both builds) is a free view for the
+    `b h n d -> b n (h d)` rearrange before the output projection, not a copy. In the interpreter a
+    bf16 result is written in fp32 and rounded by torch (output_buffer), in the same layout; fake
+    implementations pass `interpreted=False` for the dtype the op returns.
+    """
+    order = sorted(range(3), key=lambda d: -t.stride(d))  # outermost first; ties keep (B, H, N) order
+    shape = [t.shape[d] for d in order] + [t.shape[3]]
+    buffer = output_buffer(tuple(shape), dtype, t.device, interpreted)
+    return buffer.permute(*[order.index(d) for d in range(3)], 3)
+
+
 # Each launch is a torch custom op (see kernels/rmsnorm.py for why).
 @torch.library.custom_op("ctclip_kernels::qk_norm_rope_forward", mutates_args=())
 def qk_norm_rope_forward(t: torch.Tensor, scale: torch.Tensor, cos: Optional[torch.Tensor],
                          sin: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """out (contiguous, t's shape and dtype) and the per-row fp32 r = 1/max(||x||, eps), shape [B*H*N]."""
+    """out (t's shape, dtype and layout: _empty_like_layout) and the per-row fp32 r = 1/max(||x||, eps),
+    shape [B*H*N], rows in (B, H, N) order."""
     _check_forward(t, scale, cos, sin)
     t = _unit_last(t)
     batch, heads, n_seq, dim = t.shape
     n_rows = batch * heads * n_seq
-    out = output_buffer((n_rows, dim), t.dtype, t.device, INTERPRETED)
+    out = _empty_like_layout(t, t.dtype)
     r = torch.empty(n_rows, dtype=torch.float32, device=t.device)
     if n_rows and dim:
         rope = cos is not None and sin is not None
@@ -224,31 +245,32 @@ def qk_norm_rope_forward(t: torch.Tensor, scale: torch.Tensor, cos: Optional[tor
         cos_arg, sin_arg = (cos.contiguous(), sin.contiguous()) if rope else (r, r)
         block_m, block_h = _blocks(n_rows, dim)
         _qk_norm_rope_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
-            t, scale.contiguous(), cos_arg, sin_arg, out, r, *_outer_strides(t),
+            t, scale.contiguous(), cos_arg, sin_arg, out, r, *_outer_strides(t), *_outer_strides(out),
             n_rows, heads, n_seq, dim, float(eps),
             BLOCK_M=block_m, BLOCK_H=block_h, ROPE=rope, num_warps=num_warps(block_m * 2 * block_h))
-    return out.to(t.dtype).view(t.shape), r
+    return out.to(t.dtype), r
 
 
 @qk_norm_rope_forward.register_fake
 def _(t: torch.Tensor, scale: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     _check_forward(t, scale, cos, sin)
-    return t.new_empty(t.shape), t.new_empty(t.shape[0] * t.shape[1] * t.shape[2], dtype=torch.float32)
+    out = _empty_like_layout(_unit_last(t), t.dtype, interpreted=False)
+    return out, t.new_empty(t.shape[0] * t.shape[1] * t.shape[2], dtype=torch.float32)
 
 
 @torch.library.custom_op("ctclip_kernels::qk_norm_rope_backward", mutates_args=())
 def qk_norm_rope_backward(dout: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, r: torch.Tensor,
                           cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dt contiguous in t's shape and dtype, dscale in scale's dtype) from the forward's saved r."""
+    """(dt in t's shape, dtype and layout, dscale in scale's dtype) from the forward's saved r."""
     t = _unit_last(t)
     dout = _unit_last(dout)
     batch, heads, n_seq, dim = t.shape
     n_rows = batch * heads * n_seq
-    dt = output_buffer((n_rows, dim), t.dtype, t.device, INTERPRETED)
+    dt = _empty_like_layout(t, t.dtype)
     if not (n_rows and dim):
-        return dt.to(t.dtype).view(t.shape), torch.zeros_like(scale)
+        return dt.to(t.dtype), torch.zeros_like(scale)
     rope = cos is not None and sin is not None
     cos_arg, sin_arg = (cos.contiguous(), sin.contiguous()) if rope else (r, r)
     block_m, block_h = _blocks(n_rows, dim)
@@ -259,18 +281,18 @@ def qk_norm_rope_backward(dout: torch.Tensor, t: torch.Tensor, scale: torch.Tens
     partial = torch.empty((programs, dim), dtype=torch.float32, device=t.device)
     _qk_norm_rope_bwd_kernel[(programs,)](
         dout, t, scale.contiguous(), r, cos_arg, sin_arg, dt, partial,
-        *_outer_strides(dout), *_outer_strides(t), n_rows, heads, n_seq, dim, float(eps),
+        *_outer_strides(dout), *_outer_strides(t), *_outer_strides(dt), n_rows, heads, n_seq, dim, float(eps),
         TILES_PER_PROGRAM=tiles_per_program, BLOCK_M=block_m, BLOCK_H=block_h, ROPE=rope,
         num_warps=num_warps(block_m * 2 * block_h))
     # Second stage of the dscale reduction: a fixed-shape sum, so the result is bitwise reproducible.
-    return dt.to(t.dtype).view(t.shape), partial.sum(0).to(scale.dtype)
+    return dt.to(t.dtype), partial.sum(0).to(scale.dtype)
 
 
 @qk_norm_rope_backward.register_fake
 def _(dout: torch.Tensor, t: torch.Tensor, scale: torch.Tensor, r: torch.Tensor,
       cos: Optional[torch.Tensor], sin: Optional[torch.Tensor],
       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return t.new_empty(t.shape), torch.empty_like(scale)
+    return _empty_like_layout(_unit_last(t), t.dtype, interpreted=False), torch.empty_like(scale)
 
 
 class TritonQKNormRopeFunction(torch.autograd.Function):
@@ -299,8 +321,8 @@ def triton_qk_norm_rope(t: torch.Tensor, scale: torch.Tensor,
                         eps: float = 1e-12) -> torch.Tensor:
     """F.normalize(t, dim=-1) * scale, then apply_rotary(., rope) if given; differentiable in t and scale.
 
-    t is (B, H, N, D) with any strides; rope is (cos, sin), each (N, D). Returns a contiguous tensor in
-    t's dtype (see the module docstring).
+    t is (B, H, N, D) with any strides; rope is (cos, sin), each (N, D). Returns a fresh tensor in t's
+    dtype and layout (see the module docstring).
     """
     cos, sin = rope if rope is not None else (None, None)
     return TritonQKNormRopeFunction.apply(t, scale, cos, sin, eps)

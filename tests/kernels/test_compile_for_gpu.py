@@ -75,10 +75,10 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
                          _launch.num_warps(bm * bn), target)
                 count += 1
             compile_(rmsnorm._rmsnorm_bwd_kernel,
-                     {"DY": f"*{dt}", "X": "*fp32", "W": "*fp32", "R": "*fp32", "DX": "*fp32", "DW_PARTIAL": "*fp32",
-                      "D_SUM": "*fp32", "D_SUM_COPY": f"*{dt}", "D_BRANCH": f"*{dt}", "stride_dy": "i32",
-                      "stride_x": "i32", "stride_dx": "i32", "stride_d_sum": "i32", "stride_d_sum_copy": "i32",
-                      **ints},
+                     {"DY": f"*{dt}", "X": "*fp32", "W": "*fp32", "R": "*fp32", "DX": "*fp32",
+                      "DW_PARTIAL": "*fp32", "D_SUM": "*fp32", "D_SUM_COPY": f"*{dt}", "D_BRANCH": f"*{dt}",
+                      "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32", "stride_d_sum": "i32",
+                      "stride_d_sum_copy": "i32", **ints},
                      {**const_cols, "TILES_PER_PROGRAM": 16, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": True,
                       "ADD_D_SUM": True, "ADD_D_SUM_COPY": True, "WRITE_D_BRANCH": True},
                      _launch.num_warps(bm * bn), target)
@@ -104,13 +104,14 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
             for rope in (True, False):
                 compile_(qknorm_rope._qk_norm_rope_fwd_kernel,
                          {"T": f"*{dt}", "SCALE": "*fp32", "COS": "*fp32", "SIN": "*fp32", "OUT": f"*{dt}",
-                          "R": "*fp32", "stride_b": "i32", "stride_h": "i32", "stride_n": "i32", **ints,
-                          "eps": "fp32"},
+                          "R": "*fp32", "stride_b": "i32", "stride_h": "i32", "stride_n": "i32",
+                          "so_b": "i32", "so_h": "i32", "so_n": "i32", **ints, "eps": "fp32"},
                          {"BLOCK_M": bm, "BLOCK_H": bh, "ROPE": rope}, warps, target)
                 compile_(qknorm_rope._qk_norm_rope_bwd_kernel,
                          {"DOUT": f"*{dt}", "T": f"*{dt}", "SCALE": "*fp32", "R": "*fp32", "COS": "*fp32",
                           "SIN": "*fp32", "DT": f"*{dt}", "DSCALE_PARTIAL": "*fp32",
-                          **{name: "i32" for name in ("sd_b", "sd_h", "sd_n", "st_b", "st_h", "st_n")},
+                          **{name: "i32" for name in ("sd_b", "sd_h", "sd_n", "st_b", "st_h", "st_n",
+                                                      "so_b", "so_h", "so_n")},
                           **ints, "eps": "fp32"},
                          {"TILES_PER_PROGRAM": 16, "BLOCK_M": bm, "BLOCK_H": bh, "ROPE": rope}, warps, target)
                 count += 2

@@ -76,6 +76,13 @@ def transposed_dout(shape, dtype: torch.dtype, seed: int = 3) -> torch.Tensor:
     return torch.randn(b, n, h, d, generator=gen, dtype=torch.float64).to(DEVICE, dtype).transpose(1, 2)
 
 
+def laid_out_like(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor whose (B, H, N) dimensions lie in memory in the order t's do, D unit-stride."""
+    order = sorted(range(3), key=lambda d: -t.stride(d))
+    dense = torch.empty([t.shape[d] for d in order] + [t.shape[3]])
+    return dense.permute(*[order.index(d) for d in range(3)], 3)
+
+
 def run(fn, t: torch.Tensor, scale: torch.Tensor, dout: torch.Tensor):
     """(out, dt, dscale) of fn on fresh leaf copies (same strides) of t and scale."""
     t = t.detach().clone().requires_grad_(True)
@@ -92,7 +99,9 @@ def check(t, scale, rope, dout, what, eps=EPS):
     base = run(lambda a, s: pytorch_expression(a, s, rope, eps), t, scale, dout)
     base = (base[0].to(t.dtype),) + base[1:]  # the output compared in t's dtype, what the kernel writes
     got = run(lambda a, s: triton_qk_norm_rope(a, s, rope, eps), t, scale, dout)
-    assert got[0].dtype == t.dtype and got[0].is_contiguous()
+    # Written in t's layout: for the model's (B, N, H, D)-ordered view, so is the output (see
+    # test_model_view_is_read_in_place for why).
+    assert got[0].dtype == t.dtype and got[0].stride() == laid_out_like(t).stride()
     assert got[1].dtype == t.dtype and got[2].dtype == scale.dtype
     for name, g, b, r in zip(("out", "dt", "dscale"), got, base, ref):
         assert_fa_rule(g, b, r, f"{what} {name}")
@@ -170,7 +179,9 @@ def test_model_view_is_read_in_place():
     rope, scale = make_rope(SHAPE[2], 16), make_scale(16)
     with OpLog() as log:
         out = triton_qk_norm_rope(t, scale, rope)
-    assert out.is_contiguous()
+    # Written back in the view's (B, N, H, D) order: SDPA's output follows q's layout, so attention's
+    # `b h n d -> b n (h d)` before the output projection is then a view rather than a copy.
+    assert out.transpose(1, 2).is_contiguous() and out.stride() == t.stride()
     assert not {"aten.clone", "aten.copy_", "aten._to_copy"} & set(log.names), log.names
     # A non-unit stride along D is copied once, and the result is still right.
     wide = torch.randn(*t.shape[:-1], 32, device=DEVICE)[..., ::2]
