@@ -68,7 +68,7 @@ def target_variants(dry_run: bool) -> list[Variant]:
     """Paper-size candidates for the issue's targets, each keeping a position signal (RoPE or the cached
     bias table): the fastest (Triton kernels for the norms with the residual adds before them, the gated
     MLP, the q/k norm + RoPE and the VQ's nearest-code search in tf32, fused AdamW, and the VQ's EMA
-    without its 55,296 x 8,192 one-hot; bench.roofline puts its eager bound at 0.35x the faithful one on
+    without its 55,296 x 8,192 one-hot; bench.roofline puts its eager bound at 0.34x the faithful one on
     an H100), the leanest (plus checkpointing; bench.estimate predicts 0.23x the faithful peak), one
     without Triton that keeps CT-CLIP's learned bias through the memory-efficient kernel, and last (run
     if the budget allows) the fastest with the plain Triton RMSNorm, which isolates the fused add."""
