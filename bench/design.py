@@ -9,6 +9,10 @@
   the flash kernel cannot take: that cell is recorded `unsupported`, a correct outcome.
 - `full`: the product of the values chosen with `--only AXIS=V1,V2`; axes not named stay at their
   faithful value (the full product of every axis would be ~37k cells).
+- `targets`: the faithful baseline, `Variant.modern()`, and the candidates for the GPU targets, which
+  keep a position signal (RoPE or the cached bias table): a ladder that adds one switch at a time up to
+  the fastest candidate, the leanest (the fastest, checkpointed), and one without Triton that keeps
+  CT-CLIP's learned bias. The README's roofline table is this design estimated at paper size in bf16.
 
 Filters: `--only AXIS=V1,V2` keeps cells whose axis value is one of those (for `full` it defines the
 product); `--exclude AXIS=V` drops cells with that value; `--precision P` sets the precision of every
@@ -23,7 +27,7 @@ from typing import Any, Iterable
 
 from models.variant import AXES, Variant, parse_axis_value
 
-DESIGNS = ("paper", "ofat", "loo", "full")
+DESIGNS = ("paper", "ofat", "loo", "full", "targets")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,35 @@ def _loo() -> list[Cell]:
     return cells
 
 
+def target_ladder() -> list[Variant]:
+    """From the seed's modern row with RoPE, the Triton norm and SwiGLU and the one-hot-free VQ, one switch
+    added per step; the last is the fastest candidate."""
+    ladder = [Variant.modern().replace(position="rope", norm="rmsnorm_triton", mlp="swiglu_triton",
+                                       vq_impl="chunked")]
+    for step in ({"optimizer": "adamw_fused"}, {"qk_norm": "triton"}, {"vq_impl": "triton"},
+                 {"norm": "add_rmsnorm_triton"}):
+        ladder.append(ladder[-1].replace(**step))
+    return ladder
+
+
+def fastest_candidate() -> Variant:
+    return target_ladder()[-1]
+
+
+def leanest_candidate() -> Variant:
+    return fastest_candidate().replace(checkpointing=True)
+
+
+def learned_bias_candidate() -> Variant:
+    """Without Triton, keeping CT-CLIP's learned position bias (through the memory-efficient kernel)."""
+    return Variant.modern().replace(attention="sdpa_efficient", position="cpb_table", vq_impl="chunked")
+
+
+def _targets() -> list[Cell]:
+    variants = [Variant.modern(), *target_ladder(), leanest_candidate(), learned_bias_candidate()]
+    return [Cell(Variant.faithful(), "targets", baseline=True)] + [Cell(v, "targets") for v in variants]
+
+
 def _full(only: dict[str, tuple[Any, ...]]) -> list[Cell]:
     base = Variant.faithful()
     axes = list(AXES)
@@ -110,7 +143,7 @@ def expand(design: str, only: Iterable[str] = (), exclude: Iterable[str] = (),
             only_map["precision"] = (precision,)
         cells = _full(only_map)
     else:
-        cells = {"paper": _paper, "ofat": _ofat, "loo": _loo}[design]()
+        cells = {"paper": _paper, "ofat": _ofat, "loo": _loo, "targets": _targets}[design]()
         if precision is not None:
             cells = [Cell(c.variant.replace(precision=precision), c.design, c.baseline) for c in cells]
         cells = [c for c in cells if all(getattr(c.variant, a) in vals for a, vals in only_map.items())]

@@ -1,8 +1,9 @@
-"""Design expansion: paper, ofat, loo, full, and the --only/--exclude/--precision filters."""
+"""Design expansion: paper, ofat, loo, full, targets, and the --only/--exclude/--precision filters."""
 
 import pytest
 
-from bench.design import expand, parse_axis_spec
+from bench.design import expand, fastest_candidate, parse_axis_spec, target_ladder
+from bench.gpu_plan import target_variants
 from models import AXES, Variant
 
 
@@ -43,6 +44,22 @@ def test_full_is_the_product_of_only_values():
         ("math", "geglu"), ("math", "swiglu"), ("sdpa", "geglu"), ("sdpa", "swiglu")}
     assert all(c.variant.precision == "bf16" and c.variant.norm == "layernorm" for c in cells)
     assert len(expand("full", only=["attention=math,sdpa"], exclude=["attention=sdpa"])) == 1
+
+
+def test_targets_is_a_one_switch_ladder_to_the_fastest_plus_the_candidates():
+    cells = expand("targets", precision="bf16")
+    variants = [c.variant for c in cells]
+    assert cells[0].baseline and variants[0] == Variant.faithful().replace(precision="bf16")
+    assert variants[1] == Variant.modern().replace(precision="bf16")
+    ladder = [v.replace(precision="bf16") for v in target_ladder()]
+    assert variants[2:2 + len(ladder)] == ladder
+    assert ladder[-1] == fastest_candidate().replace(precision="bf16")
+    assert all(len(b.changed_axes(a)) == 1 for a, b in zip(ladder, ladder[1:]))
+    # Every candidate keeps a position signal (the issue's condition on the targets).
+    assert all(v.position in ("rope", "cpb_table") for v in variants[2:])
+    # What the GPU check measures as targets is what this design estimates.
+    assert set(target_variants(dry_run=False)) <= set(variants)
+    assert len({c.key for c in cells}) == len(cells)
 
 
 def test_filters_and_precision_override():
