@@ -38,6 +38,11 @@ def test_gpu_plan_fits_8_minutes_and_covers_the_issue():
     assert [c.variant for c in parts["paper-fp16"].cells[:2]] == [
         Variant.faithful().replace(precision="fp16"), Variant.modern().replace(precision="fp16")]
     assert parts["ofat-small"].size == "small" and len(parts["ofat-small"].cells) > 15
+    # The seed's own switches, each alone, right after the baseline (the budget may end the part early).
+    seed_first = [c.variant.changed_axes(Variant.faithful().replace(precision="bf16"))
+                  for c in parts["ofat-small"].cells[:7]]
+    assert seed_first == [{}, {"attention": "sdpa_flash"}, {"position": "none"}, {"norm": "rmsnorm"},
+                          {"mlp": "swiglu"}, {"loss": "siglip"}, {"attention": "sdpa"}]
     assert all(c.variant.position in ("rope", "cpb_table") for c in parts["targets"].cells)
     assert plan.part_names()[0] == "probe" and plan.part_names()[-1] == "report"
     # Compiling cells go last (in ofat, and the compiled target candidate on leftover time only).
