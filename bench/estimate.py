@@ -216,9 +216,11 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
         # under CUDA's dispatch a CUDA-only attention backend is built as its stand-in.
         reason = supports(_variant_to_build(variant, dispatch), spec.device)
     if variant.compile and not reason:
-        # Inductor's graphs run outside the dispatch modes that count bytes and FLOPs (a tiny compiled
-        # step showed 0.13 GFLOP, the text tower's eager glue), and it fuses and recomputes differently.
-        reason = "compile=on: compiled graphs are invisible to the estimator's dispatch modes; estimate compile=off"
+        # Under a dispatch mode torch.compile runs the step eagerly (a tiny compiled faithful step gave
+        # compile=off's FLOPs, peak and op count exactly), so an estimate would be the eager step's, not
+        # what inductor's fused and recomputing kernels move: say so rather than report it.
+        reason = ("compile=on: under the estimator's dispatch modes torch.compile runs eagerly, so this "
+                  "would be compile=off's estimate; estimate compile=off")
     if reason:
         result.status, result.reason = "unsupported", reason
     else:
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cell in cells:
         spec = CellSpec(variant=cell.variant.as_dict(), size=size.name, batch=batch, device="cpu",
-                        design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host, git=git)
+                        design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host,
+                        git=git)
         result = estimate_cell(spec, gpu, args.dispatch)
         result.env = environment(device)
         store.append(path, result)

@@ -137,8 +137,8 @@ def make_plan(dry_run: bool) -> Plan:
     parts = (
         # ~1-2 s per paper-size step: 1 + 2 + 2 x 6 + 1 steps and ~10 s of process start and build per
         # cell. The two rows the headline compares go first, in case the budget ends the part early.
-        CellPart("paper-bf16", 140, "paper", 4, "bf16", _headline_first(_cells("paper", "bf16")), headline, 120, 30,
-                 PROFILE_TOP),
+        CellPart("paper-bf16", 140, "paper", 4, "bf16", _headline_first(_cells("paper", "bf16")), headline,
+                 120, 30, PROFILE_TOP),
         CellPart("targets", 60, "paper", 4, "bf16",
                  tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 25, PROFILE_TOP),
         # 23 cells, ~10 s each, mostly process start: whatever does not fit is skipped with a note, so the
@@ -146,11 +146,13 @@ def make_plan(dry_run: bool) -> Plan:
         CellPart("ofat-small", 125, "small", 2, "bf16",
                  _compiling_last(seed_switches_first(_cells("ofat", "bf16"))), short, 60, 12),
         # The seed measured in fp16: its two headline rows first (the budget may end the part there).
-        CellPart("paper-fp16", 45, "paper", 4, "fp16", _headline_first(_cells("paper", "fp16")), short, 90, 25),
+        CellPart("paper-fp16", 45, "paper", 4, "fp16", _headline_first(_cells("paper", "fp16")), short,
+                 90, 25),
         # Whatever time is left: the fastest candidate compiled (inductor fuses the elementwise work the
         # 40 % MFU target needs), started only with 60 s in hand since compiling the towers takes a while.
         CellPart("targets-compiled", 0, "paper", 4, "bf16",
-                 (Cell(target_variants(False)[0].replace(compile=True), "targets"),), short, 150, 60, PROFILE_TOP),
+                 (Cell(target_variants(False)[0].replace(compile=True), "targets"),), short, 150, 60,
+                 PROFILE_TOP),
     )
     return Plan(False, "cuda", probe_budget_s=20, kernels_budget_s=40,
                 estimate_budget_s=40, report_budget_s=10, cell_parts=parts, threads=0)

@@ -53,9 +53,11 @@ class Layer(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, ff_inner: int, variant, stage: str) -> None:
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, ff_inner: int, variant,
+                 stage: str) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Layer(dim, heads, dim_head, ff_inner, variant, stage) for _ in range(depth))
+        self.layers = nn.ModuleList(Layer(dim, heads, dim_head, ff_inner, variant, stage)
+                                    for _ in range(depth))
         self.norm_out = make_norm(variant.norm, dim, "out")
         self.checkpointing = variant.checkpointing
         self.checkpoint_context_fn = noop_context_fn

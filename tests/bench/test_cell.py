@@ -81,3 +81,20 @@ def test_cuda_cell_uses_events_and_allocator():
     assert m.gpu_allocated_peak_bytes > m.gpu_allocated_baseline_bytes > 0
     assert m.gpu_reserved_peak_bytes >= m.gpu_allocated_peak_bytes
     assert result.device["type"] == "cuda" and result.device["name"]
+
+
+def test_estimate_declines_compile_on_because_it_would_be_the_eager_step():
+    from bench.estimate import estimate_cell
+
+    # The premise: under the estimator's dispatch modes a compiled model runs eagerly, op for op.
+    size = SIZES["tiny"]
+    eager = estimate_variant(Variant.faithful(), size, batch=2, dispatch="cpu")
+    compiled = estimate_variant(Variant.faithful().replace(compile=True), size, batch=2, dispatch="cpu")
+    assert compiled["flops"] == eager["flops"] and compiled["roofline"]["ops"] == eager["roofline"]["ops"]
+    assert compiled["memory"]["predicted_peak_bytes"] == eager["memory"]["predicted_peak_bytes"]
+    # So the cell is recorded unsupported, saying why, rather than reported as compile's figures.
+    spec = CellSpec(variant=Variant.faithful().replace(compile=True).as_dict(), size="tiny", batch=2,
+                    device="cpu")
+    result = estimate_cell(spec, dispatch="cpu")
+    # (Without a C++ compiler on PATH, supports() gives its own reason first.)
+    assert result.status == "unsupported" and ("runs eagerly" in result.reason or "C++" in result.reason)
