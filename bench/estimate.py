@@ -54,9 +54,9 @@ from bench.design import DESIGNS, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.flops import counter, matmul_precision, model_flops
 from bench.gpu_dispatch import buildable_on_cpu, cuda_dispatch, foreach_as_on_cuda, set_up_as_on_cuda
-from bench.recompute import counting_recomputation
 from bench.gpu_specs import GpuSpec, find_gpu
 from bench.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes
+from bench.recompute import counting_recomputation
 from bench.result import Result
 from bench.roofline import RooflineMode
 from bench.step import TrainStep

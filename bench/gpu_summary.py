@@ -95,7 +95,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         tf = "n/a" if d["tflops_per_s"] is None else f"{d['tflops_per_s']:.3g}"
         lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {_gib(d['memory_bytes'])} | "
                      f"{_x(d['time_ratio'])} | {_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} | "
-                     f"{_pct(d.get('hfu'))} |")
+                     f"{_pct(d['hfu'])} |")
     return lines
 
 

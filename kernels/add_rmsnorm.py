@@ -33,19 +33,18 @@ from typing import Optional
 import torch
 
 from kernels._launch import as_rows, check_float, output_buffer
-from kernels.rmsnorm import INTERPRETED, TritonRMSNorm, launch_backward, launch_forward
+from kernels.rmsnorm import (INTERPRETED, TritonRMSNorm, check_rmsnorm_arguments, launch_backward,
+                             launch_forward)
 
 # An output the caller did not ask for (custom ops cannot return None).
 _NOTHING = (0,)
 
 
 def _check(branch: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> None:
+    check_rmsnorm_arguments(residual, weight)
     check_float(branch, "fused add-RMSNorm branch")
-    check_float(residual, "fused add-RMSNorm residual")
     if branch.shape != residual.shape:
         raise ValueError(f"branch {tuple(branch.shape)} and residual {tuple(residual.shape)} differ in shape")
-    if weight.shape != (residual.shape[-1],):
-        raise ValueError(f"RMSNorm weight has shape {tuple(weight.shape)}, expected ({residual.shape[-1]},)")
 
 
 @torch.library.custom_op("ctclip_kernels::add_rmsnorm_forward", mutates_args=())

@@ -144,7 +144,7 @@ def _block_n(n_cols: int) -> int:
     return next_pow2(n_cols)
 
 
-def _check_forward(x: torch.Tensor, weight: torch.Tensor) -> None:
+def check_rmsnorm_arguments(x: torch.Tensor, weight: torch.Tensor) -> None:
     check_float(x, "RMSNorm input")
     if weight.shape != (x.shape[-1],):
         raise ValueError(f"RMSNorm weight has shape {tuple(weight.shape)}, expected ({x.shape[-1]},)")
@@ -209,7 +209,7 @@ def launch_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, r
 def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float,
                     eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
     """y (x's shape and dtype) and the per-row fp32 r = 1/RMS (shape [rows]) for the backward."""
-    _check_forward(x, weight)
+    check_rmsnorm_arguments(x, weight)
     x2 = as_rows(x, x.shape[-1])
     y = output_buffer(x2.shape, x.dtype, x.device, INTERPRETED)
     r = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
@@ -220,7 +220,7 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float,
 @rmsnorm_forward.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, eps: float,
       eps_placement: str = "inside") -> tuple[torch.Tensor, torch.Tensor]:
-    _check_forward(x, weight)
+    check_rmsnorm_arguments(x, weight)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return x.new_empty(x.shape), x.new_empty(rows, dtype=torch.float32)
 

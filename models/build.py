@@ -19,6 +19,7 @@ from models.position import POSITIONS
 from models.qk_norm import QK_NORMS
 from models.registry import Registry
 from models.text import TEXT_TOWERS
+from models.transformer import checkpoint_options
 from models.variant import Size, Variant, get_size
 from models.vq import VQ_IMPLS
 
@@ -87,9 +88,7 @@ def build(variant: Variant, size: "Size | str", device: "torch.device | str" = "
 def enable_text_checkpointing(text: torch.nn.Module, context_fn: Callable = noop_context_fn) -> None:
     """Non-reentrant checkpointing of every layer of a transformers text tower, with torch.utils.checkpoint's
     `context_fn` (bench.recompute passes one that counts the recomputation; the default is the no-op)."""
-    kwargs = {"use_reentrant": False}
-    if context_fn is not noop_context_fn:  # as models.transformer.maybe_checkpointed: only when set
-        kwargs["context_fn"] = context_fn
+    kwargs = checkpoint_options(context_fn)
     if hasattr(text, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method
         text.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:

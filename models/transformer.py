@@ -20,11 +20,18 @@ def maybe_checkpointed(enabled: bool, module: nn.Module, *args, context_fn=noop_
     context per call): the holders' `checkpoint_context_fn`, which bench.recompute sets to count the
     recomputation's FLOPs and leaves as the no-op otherwise."""
     if enabled and module.training and torch.is_grad_enabled():
-        # Passed only when set: torch.compile treats any explicit context_fn, the no-op included, as a
-        # selective-checkpointing policy, and plain checkpointing as recompute-everything.
-        extra = {} if context_fn is noop_context_fn else {"context_fn": context_fn}
-        return checkpoint(module, *args, use_reentrant=False, **extra)
+        return checkpoint(module, *args, **checkpoint_options(context_fn))
     return module(*args)
+
+
+def checkpoint_options(context_fn=noop_context_fn) -> dict:
+    """torch.utils.checkpoint's keyword arguments for every checkpointed region of the model: non-reentrant,
+    and `context_fn` only when set. torch.compile treats any explicit context_fn, the no-op included, as a
+    selective-checkpointing policy, and plain checkpointing as recompute-everything."""
+    options = {"use_reentrant": False}
+    if context_fn is not noop_context_fn:
+        options["context_fn"] = context_fn
+    return options
 
 
 class Layer(nn.Module):

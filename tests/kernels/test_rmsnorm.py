@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import TritonRMSNorm, supports
+from kernels import TritonAddRMSNorm, TritonRMSNorm, supports
 from kernels.rmsnorm import triton_rmsnorm
 from tests.kernels.accuracy import assert_fa_rule
 
@@ -158,11 +158,13 @@ def test_weight_gradient_is_deterministic():
         assert torch.equal(a, b)
 
 
-def test_module_interchanges_state_dict_with_nn_rmsnorm():
+# TritonAddRMSNorm is the same norm with a fused-add entry: its plain forward and state dict are these too.
+@pytest.mark.parametrize("module_class", [TritonRMSNorm, TritonAddRMSNorm], ids=lambda c: c.__name__)
+def test_module_interchanges_state_dict_with_nn_rmsnorm(module_class):
     torch_norm = torch.nn.RMSNorm(64, eps=EPS)
     with torch.no_grad():
         torch_norm.weight.uniform_(0.5, 1.5)
-    triton_norm = TritonRMSNorm(64, eps=EPS)
+    triton_norm = module_class(64, eps=EPS)
     triton_norm.load_state_dict(torch_norm.state_dict())
     torch_norm.load_state_dict(triton_norm.state_dict())
     x = torch.randn(3, 64)
