@@ -1,7 +1,8 @@
 """Triton fused kernels for CT-CLIP's normalisation, gated feed-forward and attention prologue: RMSNorm
 (alone, or with the residual add before it: TritonAddRMSNorm), SwiGLU, GEGLU, the per-head q/k L2-norm +
 scale + rotary embedding (TritonQKNormRope), and the VQ's nearest-code search (nearest_code: argmax of
-x @ codes^T without the score matrix).
+x @ codes^T without the score matrix), and the PEG's causal depthwise 3x3x3 convolution on the token
+stream (triton_peg_conv).
 
     from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
     if supports(device) is None:
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 __all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU",
-           "nearest_code", "supports"]
+           "nearest_code", "supports", "triton_peg_conv"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
@@ -36,9 +37,10 @@ _LAZY = {
     "TritonGEGLU": "kernels.swiglu",
     "TritonQKNormRope": "kernels.qknorm_rope",
     "nearest_code": "kernels.vq_nearest",
+    "triton_peg_conv": "kernels.peg_conv",
 }
 _KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
-                   "kernels.vq_nearest")
+                   "kernels.vq_nearest", "kernels.peg_conv")
 
 
 def _interpret_env() -> bool:

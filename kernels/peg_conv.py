@@ -1,0 +1,295 @@
+"""The PEG's causal depthwise 3x3x3 convolution on the token stream, forward and backward, in Triton.
+
+CT-CLIP's position-encoding generator (models/peg.py) views the (tokens, C) stream as a (B, C, T, H, W)
+grid, pads it (two slabs before on the causal axis T, one on each side of H and W) and runs a depthwise
+Conv3d (one 3x3x3 filter and a bias per channel). With `o = (kt - 2, kh - 1, kw - 1)` the offset of tap
+k = (kt, kh, kw) and x taken as 0 outside the grid:
+
+    out[b, i, c]  = bias[c] + sum_k w[c, k] * x[b, i + o(k), c]
+    dx[b, j, c]   = sum_k w[c, k] * dout[b, j - o(k), c]            (dout taken as 0 outside the grid)
+    dw[c, k]      = sum_{b, i} dout[b, i, c] * x[b, i + o(k), c],    dbias[c] = sum_{b, i} dout[b, i, c]
+
+On a GPU the eager path is five or more passes over the stream per direction: the pad writes a
+padded fp32 copy, autocast casts it to bf16, the convolution reads it through a channels-first
+permutation of a channels-last tensor, and PyTorch has no cuDNN kernel for 5-D depthwise convolution,
+so it runs its own `conv_depthwise3d`, whose backward is known to be slow (pytorch/pytorch#37406).
+Here the kernels read the stream where it lies ((B, T, H, W, C) with C unit-stride; any strides for the
+other four, so the temporal stage's corrected layout is a view too): the forward reads x once and writes
+the output in the compute dtype, and, under autocast, the bf16 copy of x that the backward needs (the
+unfused path saves the padded bf16 copy instead); the backward reads dout and x once each and writes
+dx plus per-tile partial sums of dw and dbias, reduced by one fixed-shape `sum` (deterministic).
+
+Rounding follows the unfused path under autocast: x, w and bias rounded to the autocast dtype before
+the products (which are exact in fp32 for 16-bit inputs), fp32 accumulation, the output in the autocast
+dtype; in backward dx and dw rounded to it before they are upcast to the fp32 stream and parameters.
+Only the order of the fp32 sums differs.
+
+Prior art: PyTorch's conv_depthwise3d (DepthwiseConv3d.cu) and the channels-last depthwise kernels of
+causal-conv1d; the code here is written afresh.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
+
+from kernels._launch import check_float, interpreting, next_pow2
+from kernels.rmsnorm import SUM_ROUNDING, _round_to_bf16
+
+# Whether the kernels below were defined for the interpreter (read by kernels.supports).
+INTERPRETED = interpreting()
+TAPS = 27
+# An output the caller did not ask for (custom ops cannot return None).
+_NOTHING = (0,)
+
+
+@triton.jit
+def _rounded(x, ROUNDING: tl.constexpr):
+    # As a cast to the compute dtype and back (kernels/rmsnorm.py's SUM_ROUNDING codes).
+    if ROUNDING == 1:
+        x = _round_to_bf16(x)
+    elif ROUNDING == 2:
+        x = x.to(tl.float16).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _grid_position(p, size0, size1, size2):
+    # Flat position -> (batch, causal index, row, column), row-major over (B, G0, G1, G2).
+    i2 = p % size2
+    q = p // size2
+    i1 = q % size1
+    q = q // size1
+    return q // size0, q % size0, i1, i2
+
+
+@triton.jit
+def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, n_positions, channels, size0, size1, size2,
+                    sx_b, sx_0, sx_1, sx_2, so_b, so_0, so_1, so_2,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROUNDING: tl.constexpr,
+                    WRITE_X_COPY: tl.constexpr):
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = p < n_positions
+    c_ok = c < channels
+    b, i0, i1, i2 = _grid_position(p, size0, size1, size2)
+    x_base = X + b * sx_b
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for k0 in tl.static_range(3):
+        j0 = i0 + (k0 - 2)  # causal: j0 <= i0 < size0
+        for k1 in tl.static_range(3):
+            j1 = i1 + (k1 - 1)
+            for k2 in tl.static_range(3):
+                j2 = i2 + (k2 - 1)
+                ok = p_ok & (j0 >= 0) & (j1 >= 0) & (j1 < size1) & (j2 >= 0) & (j2 < size2)
+                x = tl.load(x_base[:, None] + (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None] + c[None, :],
+                            mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+                w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0)
+                acc += _rounded(x, ROUNDING) * w[None, :]
+    acc += tl.load(BIAS + c, mask=c_ok, other=0.0)[None, :]
+    mask = p_ok[:, None] & c_ok[None, :]
+    out_offsets = (b * so_b + i0 * so_0 + i1 * so_1 + i2 * so_2)[:, None] + c[None, :]
+    tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=mask)
+    if WRITE_X_COPY:  # x in the compute dtype, laid out as the output, for the backward
+        x = tl.load(x_base[:, None] + (i0 * sx_0 + i1 * sx_1 + i2 * sx_2)[:, None] + c[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        tl.store(X_COPY + out_offsets, _rounded(x, ROUNDING).to(X_COPY.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1, size2,
+                    sd_b, sd_0, sd_1, sd_2, sx_b, sx_0, sx_1, sx_2, sdx_b, sdx_0, sdx_1, sdx_2,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, X_ROUNDING: tl.constexpr,
+                    DX_ROUNDING: tl.constexpr):
+    tile = tl.program_id(0)
+    p = tile.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = p < n_positions
+    c_ok = c < channels
+    b, i0, i1, i2 = _grid_position(p, size0, size1, size2)
+    d_base = DOUT + b * sd_b
+    x_base = X + b * sx_b
+    # This tile's positions as outputs: their gradient, for dw and dbias.
+    dout = tl.load(d_base[:, None] + (i0 * sd_0 + i1 * sd_1 + i2 * sd_2)[:, None] + c[None, :],
+                   mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+    # One row of partial sums per tap (and one for the bias) for this tile: PARTIAL is (tiles, 28, C).
+    partial = PARTIAL + tile.to(tl.int64) * 28 * channels + c
+    dx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for k0 in tl.static_range(3):
+        for k1 in tl.static_range(3):
+            for k2 in tl.static_range(3):
+                w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0)
+                # dx at this tile's positions j gathers dout from the outputs i = j - o(k) that read j.
+                a0, a1, a2 = i0 - (k0 - 2), i1 - (k1 - 1), i2 - (k2 - 1)
+                ok = p_ok & (a0 < size0) & (a1 >= 0) & (a1 < size1) & (a2 >= 0) & (a2 < size2)
+                g = tl.load(d_base[:, None] + (a0 * sd_0 + a1 * sd_1 + a2 * sd_2)[:, None] + c[None, :],
+                            mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+                dx += g * w[None, :]
+                # dw: this tile's outputs i times the inputs i + o(k) they read.
+                j0, j1, j2 = i0 + (k0 - 2), i1 + (k1 - 1), i2 + (k2 - 1)
+                ok = p_ok & (j0 >= 0) & (j1 >= 0) & (j1 < size1) & (j2 >= 0) & (j2 < size2)
+                x = tl.load(x_base[:, None] + (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None] + c[None, :],
+                            mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+                tl.store(partial + (k0 * 9 + k1 * 3 + k2) * channels,
+                         tl.sum(dout * _rounded(x, X_ROUNDING), axis=0), mask=c_ok)
+    tl.store(partial + 27 * channels, tl.sum(dout, axis=0), mask=c_ok)
+    dx_offsets = (b * sdx_b + i0 * sdx_0 + i1 * sdx_1 + i2 * sdx_2)[:, None] + c[None, :]
+    tl.store(DX + dx_offsets, _rounded(dx, DX_ROUNDING).to(DX.dtype.element_ty),
+             mask=p_ok[:, None] & c_ok[None, :])
+
+
+def _blocks(n_positions: int, channels: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C): 64 channels (128 bytes of bf16) by 64 positions on a GPU; in the interpreter,
+    where each program instance costs about a millisecond, as few instances as the shapes allow."""
+    block_c = min(64, next_pow2(channels))
+    block_p = 64 if device.type == "cuda" else 256
+    return min(block_p, next_pow2(max(n_positions, 1))), block_c
+
+
+def _grid_strides(t: torch.Tensor) -> list[int]:
+    return [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
+
+
+def _channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
+    # The kernels index channels as unit-stride; anything else (a transposed gradient) is copied once.
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def _like_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A fresh tensor shaped like x in x's memory order where x is dense (the corrected temporal layout
+    is a permuted view: its output then rearranges back to tokens as a view), else contiguous. In the
+    interpreter a bf16 result is written in fp32 and rounded by torch (kernels._launch.output_buffer)."""
+    if INTERPRETED and dtype == torch.bfloat16:
+        dtype = torch.float32
+    return torch.empty_like(x, dtype=dtype)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    check_float(x, "PEG convolution input")
+    if x.dim() != 5:
+        raise ValueError(f"PEG convolution needs a (B, T, H, W, C) grid, got {tuple(x.shape)}")
+    channels = x.shape[-1]
+    if weight.shape != (channels, TAPS) or bias.shape != (channels,):
+        raise ValueError(f"PEG convolution needs weight ({channels}, {TAPS}) and bias ({channels},), got "
+                         f"{tuple(weight.shape)} and {tuple(bias.shape)}")
+    if weight.dtype != torch.float32 or bias.dtype != torch.float32:
+        raise TypeError("PEG convolution takes fp32 weight and bias (rounded to the compute dtype already)")
+
+
+# Each launch is a torch custom op (see kernels/rmsnorm.py for why).
+@torch.library.custom_op("ctclip_kernels::peg_conv_forward", mutates_args=())
+def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
+                     write_x_copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, x_copy): the convolution of the (B, T, H, W, C) grid x in `out_dtype`, x rounded to it
+    before the products; x_copy is that rounded x (for the backward) when `write_x_copy`, else empty."""
+    _check(x, weight, bias)
+    x = _channels_unit_stride(x)
+    out = _like_layout(x, out_dtype)
+    copy = _like_layout(x, out_dtype) if write_x_copy else x.new_empty(_NOTHING, dtype=out_dtype)
+    n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
+    if n_positions and channels:
+        block_p, block_c = _blocks(n_positions, channels, x.device)
+        _peg_fwd_kernel[(triton.cdiv(n_positions, block_p), triton.cdiv(channels, block_c))](
+            x, weight, bias, out, copy if write_x_copy else out, n_positions, channels, *x.shape[1:4],
+            *_grid_strides(x), *_grid_strides(out), BLOCK_P=block_p, BLOCK_C=block_c,
+            ROUNDING=SUM_ROUNDING[out_dtype], WRITE_X_COPY=write_x_copy, num_warps=4)
+    return out.to(out_dtype), copy.to(out_dtype)
+
+
+@peg_conv_forward.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
+      write_x_copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, weight, bias)
+    copy = torch.empty_like(x, dtype=out_dtype) if write_x_copy else x.new_empty(_NOTHING, dtype=out_dtype)
+    return torch.empty_like(x, dtype=out_dtype), copy
+
+
+@torch.library.custom_op("ctclip_kernels::peg_conv_backward", mutates_args=())
+def peg_conv_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                      x_rounding_dtype: torch.dtype, dx_dtype: torch.dtype, dx_rounding_dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx in `dx_dtype`, dw (C, 27) fp32, dbias (C,) fp32) from dout and the saved x; x is rounded to
+    `x_rounding_dtype` and dx to `dx_rounding_dtype` (float32: not at all) as in the forward."""
+    _check(x, weight, weight.new_zeros(x.shape[-1]))
+    dout, x = _channels_unit_stride(dout), _channels_unit_stride(x)
+    dx = _like_layout(x, dx_dtype)
+    n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
+    if not (n_positions and channels):
+        return dx.to(dx_dtype), weight.new_zeros(weight.shape), weight.new_zeros(channels)
+    block_p, block_c = _blocks(n_positions, channels, x.device)
+    tiles = triton.cdiv(n_positions, block_p)
+    partial = torch.empty((tiles, TAPS + 1, channels), dtype=torch.float32, device=x.device)
+    _peg_bwd_kernel[(tiles, triton.cdiv(channels, block_c))](
+        dout, x, weight, dx, partial, n_positions, channels, *x.shape[1:4], *_grid_strides(dout),
+        *_grid_strides(x), *_grid_strides(dx), BLOCK_P=block_p, BLOCK_C=block_c,
+        X_ROUNDING=SUM_ROUNDING[x_rounding_dtype], DX_ROUNDING=SUM_ROUNDING[dx_rounding_dtype], num_warps=8)
+    # Second stage of the reduction: a fixed-shape sum, so the result is bitwise reproducible.
+    sums = partial.sum(0)
+    return dx.to(dx_dtype), sums[:TAPS].t().contiguous(), sums[TAPS].clone()
+
+
+@peg_conv_backward.register_fake
+def _(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, x_rounding_dtype: torch.dtype,
+      dx_dtype: torch.dtype, dx_rounding_dtype: torch.dtype
+      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x, dtype=dx_dtype), torch.empty_like(weight), weight.new_empty(x.shape[-1])
+
+
+def _conv_flops(x_shape) -> int:
+    """As FlopCounterMode counts the depthwise Conv3d (2 * outputs * taps per channel), so FLOPs and
+    MFU stay comparable across peg_impl."""
+    positions = 1
+    for size in x_shape:
+        positions *= size
+    return 2 * TAPS * positions
+
+
+@register_flop_formula(torch.ops.ctclip_kernels.peg_conv_forward)
+def _peg_forward_flops(x_shape, *args, **kwargs) -> int:
+    return _conv_flops(x_shape)
+
+
+@register_flop_formula(torch.ops.ctclip_kernels.peg_conv_backward)
+def _peg_backward_flops(dout_shape, *args, **kwargs) -> int:
+    # The input's and the weight's gradients, each a convolution's worth, as counted for Conv3d.
+    return 2 * _conv_flops(dout_shape)
+
+
+class TritonPEGConvFunction(torch.autograd.Function):
+    """Autograd wrapper: saves x (or, under autocast, its copy in the compute dtype) and the rounded w."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                compute_dtype: torch.dtype) -> torch.Tensor:
+        channels = x.shape[-1]
+        # A cast to the compute dtype and back, as autocast casts the conv's parameters (C x 28 values).
+        w = weight.reshape(channels, TAPS).to(compute_dtype).float()
+        bias_rounded = bias.to(compute_dtype).float()
+        write_copy = compute_dtype != x.dtype
+        out, copy = peg_conv_forward(x, w, bias_rounded, compute_dtype, write_copy)
+        ctx.save_for_backward(copy if write_copy else x, w)
+        ctx.x_dtype, ctx.compute_dtype = x.dtype, compute_dtype
+        ctx.x_rounding = torch.float32 if write_copy else compute_dtype
+        ctx.weight_shape, ctx.weight_dtype, ctx.bias_dtype = weight.shape, weight.dtype, bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        saved_x, w = ctx.saved_tensors
+        dx, dw, dbias = peg_conv_backward(dout, saved_x, w, ctx.x_rounding, ctx.x_dtype, ctx.compute_dtype)
+        # The parameters' gradients leave the convolution in its dtype, as the unfused path's do.
+        dw = dw.to(ctx.compute_dtype).to(ctx.weight_dtype).reshape(ctx.weight_shape)
+        dbias = dbias.to(ctx.compute_dtype).to(ctx.bias_dtype)
+        wants = ctx.needs_input_grad
+        return (dx if wants[0] else None, dw if wants[1] else None, dbias if wants[2] else None, None)
+
+
+def triton_peg_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The causal depthwise convolution of the (B, T, H, W, C) grid x with a Conv3d's (C, 1, 3, 3, 3)
+    weight and (C,) bias, in autocast's dtype when autocast is on for x's device, else x's."""
+    device = x.device.type
+    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    return TritonPEGConvFunction.apply(x, weight, bias, compute_dtype)
+
