@@ -9,25 +9,55 @@ laid out (b, h, w, t), so the same reshape makes the convolution's depth axis th
 row axis the real columns and its column axis the real depth (the causal padding lands on image rows).
 `peg_layout="upstream"` reproduces that exactly (the faithful choice, needed to use upstream weights);
 `"corrected"` rearranges to the true (t, h, w) grid.
+
+The peg_impl axis: how the convolution runs. `conv3d` is upstream's: the channels-first view padded
+(an fp32 copy of the stream), then `nn.Conv3d`, whose depthwise 5-D case has no cuDNN kernel on CUDA.
+`triton` computes the same on the (B, T, H, W, C) grid view in place, one kernel each way
+(kernels/peg_conv.py), with the same `conv` parameters, so state dicts interchange.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from models.norms import _kernels_reason
+from models.registry import Registry
+
 Grid = tuple[int, int, int, int]  # (batch, depth, height, width) of the token grid
+# (grid (B, T, H, W, C) view, the Conv3d holding the parameters) -> the convolved grid, same layout.
+PEG_IMPLS: Registry[Callable[[torch.Tensor, nn.Conv3d], torch.Tensor]] = Registry("peg_impl")
+
+
+@PEG_IMPLS.register("conv3d")
+def conv3d(grid: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """CT-CLIP's: zero padding (two slabs before on the causal axis) of the channels-first view, then the
+    depthwise nn.Conv3d."""
+    g = rearrange(grid, "b t h w d -> b d t h w")
+    g = F.pad(g, (1, 1, 1, 1, 2, 0))  # (w, h, causal t)
+    return rearrange(conv(g), "b d t h w -> b t h w d")
+
+
+@PEG_IMPLS.register("triton", supports=_kernels_reason)
+def triton(grid: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """The same convolution in one Triton kernel each way, on the grid where it lies (kernels/peg_conv.py)."""
+    from kernels.peg_conv import triton_peg_conv
+
+    return triton_peg_conv(grid, conv.weight, conv.bias)
 
 
 class PEG(nn.Module):
-    def __init__(self, dim: int, stage: str, layout: str) -> None:
+    def __init__(self, dim: int, stage: str, layout: str, impl: str = "conv3d") -> None:
         super().__init__()
         if stage not in ("spatial", "temporal") or layout not in ("upstream", "corrected"):
             raise ValueError(f"bad PEG stage/layout {stage!r}/{layout!r}")
         self.stage = stage
         self.layout = layout
+        self._convolve = PEG_IMPLS.get(impl).impl
         self.conv = nn.Conv3d(dim, dim, kernel_size=3, groups=dim)
 
     def _to_grid(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -42,7 +72,4 @@ class PEG(nn.Module):
         return rearrange(x, "b t h w d -> (b h w) t d")
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        g = rearrange(self._to_grid(x, grid), "b t h w d -> b d t h w")
-        g = F.pad(g, (1, 1, 1, 1, 2, 0))  # (w, h, causal t)
-        g = rearrange(self.conv(g), "b d t h w -> b t h w d")
-        return self._from_grid(g, x)
+        return self._from_grid(self._convolve(self._to_grid(x, grid), self.conv), x)

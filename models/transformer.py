@@ -37,7 +37,7 @@ def checkpoint_options(context_fn=noop_context_fn) -> dict:
 class Layer(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, ff_inner: int, variant, stage: str) -> None:
         super().__init__()
-        self.peg = PEG(dim, stage, variant.peg_layout)
+        self.peg = PEG(dim, stage, variant.peg_layout, variant.peg_impl)
         self.attn = Attention(dim, heads, dim_head, variant.norm, variant.attention, variant.qk_norm)
         self.ff = FeedForward(dim, ff_inner, variant.norm, variant.mlp)
         self.fused_add_norm = fuses_residual_add(self.attn.norm) and fuses_residual_add(self.ff.norm)

@@ -14,7 +14,8 @@ from typing import Any
 
 # Every axis and its valid values; the first value is CT-CLIP v2's own (the faithful choice).
 AXES: dict[str, tuple[Any, ...]] = {
-    "attention": ("math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex", "flash_attn", "xformers"),
+    "attention": ("math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex", "flash_attn",
+                  "xformers"),
     "position": ("cpb", "cpb_table", "rope", "none"),
     # `add_rmsnorm_triton`: the Triton RMSNorm with the residual add before it fused into its kernel.
     "norm": ("layernorm", "rmsnorm", "rmsnorm_triton", "add_rmsnorm_triton"),
@@ -29,6 +30,9 @@ AXES: dict[str, tuple[Any, ...]] = {
     # which (tokens laid out b,h,w,t) silently makes the conv's depth axis the image rows, its row axis
     # the columns and its column axis depth; `corrected` rearranges to the true (t, h, w) grid.
     "peg_layout": ("upstream", "corrected"),
+    # How the PEG convolves (models/peg.py): pad + nn.Conv3d on a channels-first view, as upstream, or
+    # one Triton kernel each way on the token stream where it lies (kernels/peg_conv.py).
+    "peg_impl": ("conv3d", "triton"),
     "precision": ("fp32", "fp16", "bf16"),
     "checkpointing": (False, True),
     "compile": (False, True),
@@ -41,7 +45,8 @@ AXES: dict[str, tuple[Any, ...]] = {
 # Abbreviations used in `Variant.key`; a key must stay stable because result files are named by it.
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
-    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "precision": "prec", "checkpointing": "ckpt",
+    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "peg_impl": "pegimpl", "precision": "prec",
+    "checkpointing": "ckpt",
     "compile": "compile", "optimizer": "opt", "qk_norm": "qk",
 }
 
@@ -63,7 +68,8 @@ def parse_axis_value(axis: str, text: str) -> Any:
     if isinstance(AXES[axis][0], bool) and lowered in {"true", "false", "1", "0", "yes", "no"}:
         return lowered in {"true", "1", "yes"}
     raise ValueError(
-        f"invalid value {text!r} for axis {axis!r}; valid values: {', '.join(_format_value(v) for v in AXES[axis])}"
+        f"invalid value {text!r} for axis {axis!r}; valid values: "
+        f"{', '.join(_format_value(v) for v in AXES[axis])}"
     )
 
 
@@ -80,6 +86,7 @@ class Variant:
     vq: bool = True
     vq_impl: str = "onehot"
     peg_layout: str = "upstream"
+    peg_impl: str = "conv3d"
     precision: str = "fp32"
     checkpointing: bool = False
     compile: bool = False
@@ -174,8 +181,8 @@ class Size:
     def __post_init__(self) -> None:
         if self.depth % self.temporal_patch_size or self.image_size % self.patch_size:
             raise ValueError(
-                f"size {self.name!r}: volume {self.depth}x{self.image_size}x{self.image_size} is not divisible "
-                f"by patch {self.temporal_patch_size}x{self.patch_size}x{self.patch_size}"
+                f"size {self.name!r}: volume {self.depth}x{self.image_size}x{self.image_size} is not "
+                f"divisible by patch {self.temporal_patch_size}x{self.patch_size}x{self.patch_size}"
             )
         if self.text_hidden % self.text_heads:
             raise ValueError(f"size {self.name!r}: text_hidden {self.text_hidden} not divisible by heads")

@@ -112,6 +112,33 @@ def test_triton_vq_search_matches_the_chunked_vq():
     torch.testing.assert_close(model.visual_encoder.vq.embed, reference.visual_encoder.vq.embed)
 
 
+@pytest.mark.parametrize("peg_layout, precision", [("upstream", "fp32"), ("corrected", "fp32"),
+                                                    ("corrected", "bf16")])
+def test_triton_peg_matches_the_conv3d_peg(peg_layout, precision):
+    # Every layer's PEG through the kernel, on both stages' grids (the corrected temporal one is a
+    # permuted view of the tokens); under bf16 autocast both compute in bf16 and sum in fp32 in their own
+    # order, so each gradient meets FlashAttention's rule against the fp32 model.
+    reference_variant = models.Variant.modern().replace(attention="math", peg_layout=peg_layout,
+                                                        precision=precision)
+    reference = models.build(reference_variant, "tiny", device=DEVICE)
+    model = models.build(reference_variant.replace(peg_impl="triton"), "tiny", device=DEVICE)
+    model.load_state_dict(reference.state_dict())
+    batch = models.example_batch("tiny", device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, grads = loss_and_grads(model, batch)
+        loss_ref, grads_ref = loss_and_grads(reference, batch)
+    assert any(".peg.conv.weight" in name for name in grads)
+    if precision == "fp32":
+        assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+        return
+    exact = models.build(reference_variant.replace(precision="fp32"), "tiny", device=DEVICE)
+    exact.load_state_dict(reference.state_dict())
+    loss_exact, grads_exact = loss_and_grads(exact, batch)
+    assert_fa_rule(loss, loss_ref, loss_exact, "loss")
+    for name, grad in grads.items():
+        assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
+
+
 def assert_same_training_signal(loss, grads, loss_ref, grads_ref) -> None:
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert grads.keys() == grads_ref.keys() and len(grads) > 50
