@@ -22,7 +22,8 @@ PAPER_ROWS = expand("paper", precision="bf16")
 SIZE = "small"
 # The Triton kernels at the paper size: 13,824 tokens per volume x the paper batch (4) rows.
 KERNEL_ROWS = 13824 * SIZES["paper"].batch
-KERNEL_WIDTH = {"rmsnorm": SIZES["paper"].dim, "swiglu": SIZES["paper"].ff_inner, "geglu": SIZES["paper"].ff_inner}
+KERNEL_WIDTH = {"rmsnorm": SIZES["paper"].dim, "swiglu": SIZES["paper"].ff_inner,
+                "geglu": SIZES["paper"].ff_inner}
 
 
 @pytest.mark.parametrize("cell", PAPER_ROWS, ids=[c.key for c in PAPER_ROWS])
@@ -89,7 +90,8 @@ def test_kernel_fwd_bwd_model_shape(benchmark, kernel, provider):
         xk = x.detach().clone().requires_grad_(True)
         yk = mod(xk)
         yk.backward(dy)
-        errors[name] = ((yk.float() - ref_y).abs().max().item(), (xk.grad.float() - ref_dx).abs().max().item())
+        errors[name] = ((yk.float() - ref_y).abs().max().item(),
+                        (xk.grad.float() - ref_dx).abs().max().item())
     for i, what in enumerate(("output", "dx")):
         assert errors["provider"][i] <= 2 * errors["eager"][i] + 1e-6, (what, errors)
 
@@ -195,3 +197,42 @@ def test_add_rmsnorm_fwd_bwd_model_shape(benchmark, provider):
                                                             *plain.parameters()))
     benchmark.extra_info.update(kernel="add_rmsnorm", provider=provider, rows=KERNEL_ROWS, width=dim,
                                 dtype="fp32 stream, bf16 branch")
+
+
+@pytest.mark.parametrize("provider", ["triton", "conv3d"])
+def test_peg_conv_fwd_bwd_model_shape(benchmark, provider):
+    """One paper-size PEG (4 x 24^3 tokens x 512 channels) forward and backward under bf16 autocast on the
+    fp32 stream: the Triton kernel (peg_impl=triton) against upstream's pad + depthwise Conv3d, which on
+    CUDA is PyTorch's own conv_depthwise3d (cuDNN takes no 5-D depthwise case)."""
+    import copy
+
+    from kernels import supports as kernel_supports
+    from models.peg import PEG_IMPLS
+
+    device = torch.device("cuda")
+    if provider == "triton" and (reason := kernel_supports(device)):
+        pytest.skip(reason)
+    size = SIZES["paper"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(size.batch, *size.grid, size.dim, generator=gen, device=device).requires_grad_(True)
+    dout = torch.randn(x.shape, generator=gen, device=device).bfloat16()
+    conv = torch.nn.Conv3d(size.dim, size.dim, 3, groups=size.dim).to(device)
+    convolve = PEG_IMPLS.get(provider).impl
+
+    # Correctness first (FlashAttention's rule on the output): error vs fp64 at most 2x the Conv3d path's.
+    with torch.no_grad():
+        reference = PEG_IMPLS.get("conv3d").impl(x.double(), copy.deepcopy(conv).double())
+        errors = {}
+        for name in ("triton", "conv3d"):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                errors[name] = (PEG_IMPLS.get(name).impl(x, conv).double() - reference).abs().max().item()
+    assert errors["triton"] <= 2 * errors["conv3d"] + 1e-6, errors
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = convolve(x, conv)
+        out.backward(dout)
+
+    measure_cuda(benchmark, step, setup=lambda: clear_grads(x, *conv.parameters()), rounds=5, warmup_rounds=2)
+    benchmark.extra_info.update(kernel="peg_conv", provider=provider, grid=[size.batch, *size.grid],
+                                channels=size.dim, dtype="fp32 stream, bf16 autocast")
