@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import weakref
 from typing import Any, Iterable
 
 import torch
@@ -26,17 +27,26 @@ class SavedBytes:
 
     Parameters are excluded: they are resident anyway and counted under `param_bytes`.
     Works on real tensors and under FakeTensorMode (cpu-facts §4).
+
+    A storage's id is its address, which a later storage can reuse once the first is freed (a saved
+    tensor whose graph was dropped): a weak reference to the storage tells the two apart, so the count
+    does not depend on where the allocator happens to put things.
     """
 
     def __init__(self, params: Iterable[torch.Tensor] = ()) -> None:
         self._param_storages = {storage_id(p) for p in params}
-        self._seen: dict[int, int] = {}
+        self._seen: dict[int, weakref.ref] = {}
+        self.bytes = 0
         self._hooks = None
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        sid = storage_id(t)
+        storage = t.untyped_storage()
+        sid = storage._cdata
         if sid not in self._param_storages:
-            self._seen[sid] = t.untyped_storage().nbytes()
+            known = self._seen.get(sid)
+            if known is None or known() is not storage:
+                self._seen[sid] = weakref.ref(storage)
+                self.bytes += storage.nbytes()
         return t
 
     def __enter__(self) -> "SavedBytes":
@@ -46,10 +56,6 @@ class SavedBytes:
 
     def __exit__(self, *exc: Any) -> None:
         self._hooks.__exit__(*exc)
-
-    @property
-    def bytes(self) -> int:
-        return sum(self._seen.values())
 
 
 def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:

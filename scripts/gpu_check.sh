@@ -60,15 +60,17 @@ timeout -k 5 "$check_s" "$PY" -m bench.gpu_check "${DRY[@]}" --budget $(( check_
 check_rc=${PIPESTATUS[0]}
 pack
 
-# The perf suite first and on its own, so its benchmark JSON is written even if a later test hangs.
-timeout -k 5 "$(stage_limit "$PERF_BUDGET")" "$PY" -m pytest tests/perf -m gpu -q -x -p no:cacheprovider \
+# The perf suite first and on its own, so its benchmark JSON is written even if a later test hangs. At
+# its limit pytest gets SIGINT, not SIGTERM: it then stops as on Ctrl-C and still runs its session-finish
+# hooks, where pytest-benchmark writes the JSON of the benchmarks that finished.
+timeout -s INT -k 10 "$(stage_limit "$PERF_BUDGET")" "$PY" -m pytest tests/perf -m gpu -q -x -p no:cacheprovider \
   --benchmark-enable --benchmark-json "$WORK_DIR/pytest-gpu-benchmark.json" --benchmark-columns=median,iqr,rounds \
   2>&1 | tee "$WORK_DIR/pytest-perf-gpu.log"
 perf_rc=${PIPESTATUS[0]}
 pack
 
 # Test folders whose packages the GPU image lacks (nibabel, webdataset) skip themselves (their conftest).
-timeout -k 5 "$(stage_limit "$PYTEST_BUDGET")" "$PY" -m pytest -m gpu tests -q -x -rs -p no:cacheprovider \
+timeout -s INT -k 10 "$(stage_limit "$PYTEST_BUDGET")" "$PY" -m pytest -m gpu tests -q -x -rs -p no:cacheprovider \
   --ignore=tests/perf 2>&1 | tee "$WORK_DIR/pytest-gpu.log"
 pytest_rc=${PIPESTATUS[0]}
 

@@ -18,6 +18,20 @@ def test_saved_bytes_counts_storage_once_and_skips_parameters():
     (w.sum() + z.sum()).backward()
 
 
+def test_saved_bytes_counts_a_new_storage_at_a_freed_ones_address(monkeypatch):
+    # Storage ids are addresses: once a saved tensor is freed (its graph dropped), the allocator may put
+    # the next one at the same address. Every storage is given one id here, as if it always did.
+    monkeypatch.setattr(torch.UntypedStorage, "_cdata", property(lambda self: 1))
+    x = torch.randn(16, 8, requires_grad=True)
+    with SavedBytes() as saved:
+        dropped = (x * 2).exp()  # saves its output (16*8*4 bytes)
+        del dropped              # and frees it with the graph
+        kept = (x * 3).exp()     # saves another output, at the "same address"
+        again = kept.sin()       # saves `kept` again: the same live storage, counted once
+    assert saved.bytes == 2 * 16 * 8 * 4
+    again.sum().backward()
+
+
 def test_param_grad_and_adamw_state_bytes():
     model = nn.Sequential(nn.Linear(10, 20), nn.Linear(20, 3))
     n = 10 * 20 + 20 + 20 * 3 + 3
