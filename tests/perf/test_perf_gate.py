@@ -123,8 +123,9 @@ def test_a_run_stopped_inside_a_benchmark_still_saves_the_finished_ones(tmp_path
         "    benchmark.pedantic(work, rounds=2)\n")
     out = tmp_path / "benchmarks.json"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(tmp_path / "test_stopped.py"), "-p", "tests.perf.conftest", "-q",
-         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--benchmark-enable", f"--benchmark-json={out}"],
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_stopped.py"), "-p", "tests.perf.conftest",
+         "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--benchmark-enable",
+         f"--benchmark-json={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]  # pytest's "interrupted"
     assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == ["test_finishes"]
