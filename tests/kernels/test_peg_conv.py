@@ -168,3 +168,61 @@ def test_opcheck_and_empty_grid():
     dx, dw, dbias = peg_conv_backward(empty, empty, w27, torch.float32, torch.float32, torch.float32)
     assert out.shape == empty.shape and dx.shape == empty.shape
     assert not dw.any() and not dbias.any()
+
+
+class _PEGBlock(torch.nn.Module):
+    """A projection, then the PEG on its (B, T, H, W, C) grid, added back as models.transformer.Layer does."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(channels, channels)
+        self.conv = torch.nn.Conv3d(channels, channels, 3, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        return triton_peg(x, self.conv.weight, self.conv.bias) + x
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_compiled_peg_keeps_the_kernels_in_one_graph(autocast):
+    # The GPU check compiles the fastest candidate, which runs the PEG kernel under autocast: no graph
+    # break (the autocast dtype is read while tracing), eager's gradients. Inductor keeps the block's own
+    # bf16 elementwise results (the add) in fp32 unless told to round them as eager does; rounded, the
+    # compiled block's gradients equal eager's (unrounded they differ by bf16's noise, 2 %).
+    torch.manual_seed(0)
+    model = _PEGBlock(12).to(DEVICE)
+    x = torch.randn(2, 3, 4, 5, 12, device=DEVICE)
+
+    def grads(module):
+        model.zero_grad()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            module(x).float().square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    expected = grads(model)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(emulate_precision_casts=True):
+        compiled = grads(torch.compile(model, fullgraph=True))
+    for got, want in zip(compiled, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_on_fake_tensors_it_is_one_op_each_way():
+    # What bench.estimate sees of peg_impl=triton: one forward and one backward op, with autocast's
+    # dtypes (bf16 output on the fp32 stream, fp32 gradients for the stream and the parameters).
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tests.kernels.oplog import OpLog
+
+    with FakeTensorMode():
+        x = torch.randn(2, 3, 4, 5, 12, requires_grad=True)
+        conv = torch.nn.Conv3d(12, 12, 3, groups=12)
+        log = OpLog()
+        with log, torch.autocast("cpu", dtype=torch.bfloat16):
+            out = triton_peg(x, conv.weight, conv.bias)
+            out.float().sum().backward()
+        assert out.dtype == torch.bfloat16 and out.shape == x.shape
+        assert (x.grad.dtype, conv.weight.grad.dtype, conv.bias.grad.dtype) == (torch.float32,) * 3
+        assert conv.weight.grad.shape == conv.weight.shape
+    kernel_ops = [n for n in log.names if n.startswith("ctclip_kernels.")]
+    assert kernel_ops == ["ctclip_kernels.peg_conv_forward", "ctclip_kernels.peg_conv_backward"]
