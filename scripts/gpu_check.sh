@@ -4,7 +4,8 @@
 # with timeout_s 600). From the repository root, without `pip install -e .`, it runs
 #   1. python3 -m bench.gpu_check                          within GPU_CHECK_BUDGET s (default 400)
 #   2. python3 -m pytest -m gpu tests/perf                 within PERF_BUDGET s (default 65), benchmarks
-#      enabled and their JSON saved (the perf gate's first baseline for this GPU model)
+#      enabled and their JSON saved (the perf gate's first baseline for this GPU model), then tabulated
+#      at the end of summary.md (bench.pytest_table)
 #   3. python3 -m pytest -m gpu tests -x (the rest)        within PYTEST_BUDGET s (default 50)
 # and never runs past TOTAL_BUDGET s (default 540), packing included.
 #
@@ -67,6 +68,11 @@ timeout -s INT -k 10 "$(stage_limit "$PERF_BUDGET")" "$PY" -m pytest tests/perf 
   --benchmark-enable --benchmark-json "$WORK_DIR/pytest-gpu-benchmark.json" --benchmark-columns=median,iqr,rounds \
   2>&1 | tee "$WORK_DIR/pytest-perf-gpu.log"
 perf_rc=${PIPESTATUS[0]}
+# The suite's kernel comparisons (each Triton kernel against the PyTorch path it replaces) into the report.
+if [ -f "$WORK_DIR/pytest-gpu-benchmark.json" ]; then
+  mkdir -p "$WORK_DIR/gpu_check"
+  { echo; "$PY" -m bench.pytest_table "$WORK_DIR/pytest-gpu-benchmark.json"; } >> "$WORK_DIR/gpu_check/summary.md"
+fi
 pack
 
 # Test folders whose packages the GPU image lacks (nibabel, webdataset) skip themselves (their conftest).
