@@ -86,9 +86,9 @@ def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, n_positions, channels, size0, size1
                 ok = p_ok & (j0 >= 0) & (j1 >= 0) & (j1 < size1) & (j2 >= 0) & (j2 < size2)
                 x = tl.load(x_base[:, None] + (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None] + c[None, :],
                             mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-                w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0)
-                acc += _rounded(x, ROUNDING) * w[None, :]
-    acc += tl.load(BIAS + c, mask=c_ok, other=0.0)[None, :]
+                w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0).to(tl.float32)
+                acc += _rounded(x, ROUNDING) * _rounded(w, ROUNDING)[None, :]
+    acc += _rounded(tl.load(BIAS + c, mask=c_ok, other=0.0).to(tl.float32), ROUNDING)[None, :]
     mask = p_ok[:, None] & c_ok[None, :]
     out_offsets = (b * so_b + i0 * so_0 + i1 * so_1 + i2 * so_2)[:, None] + c[None, :]
     tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=mask)
@@ -102,7 +102,7 @@ def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, n_positions, channels, size0, size1
 def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1, size2,
                     sd_b, sd_0, sd_1, sd_2, sx_b, sx_0, sx_1, sx_2, sdx_b, sdx_0, sdx_1, sdx_2,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, X_ROUNDING: tl.constexpr,
-                    DX_ROUNDING: tl.constexpr):
+                    ROUNDING: tl.constexpr):
     tile = tl.program_id(0)
     p = tile.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -120,7 +120,8 @@ def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1
     for k0 in tl.static_range(3):
         for k1 in tl.static_range(3):
             for k2 in tl.static_range(3):
-                w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0)
+                w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0).to(tl.float32)
+                w = _rounded(w, ROUNDING)
                 # dx at this tile's positions j gathers dout from the outputs i = j - o(k) that read j.
                 a0, a1, a2 = i0 - (k0 - 2), i1 - (k1 - 1), i2 - (k2 - 1)
                 ok = p_ok & (a0 < size0) & (a1 >= 0) & (a1 < size1) & (a2 >= 0) & (a2 < size2)
@@ -136,7 +137,7 @@ def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1
                          tl.sum(dout * _rounded(x, X_ROUNDING), axis=0), mask=c_ok)
     tl.store(partial + 27 * channels, tl.sum(dout, axis=0), mask=c_ok)
     dx_offsets = (b * sdx_b + i0 * sdx_0 + i1 * sdx_1 + i2 * sdx_2)[:, None] + c[None, :]
-    tl.store(DX + dx_offsets, _rounded(dx, DX_ROUNDING).to(DX.dtype.element_ty),
+    tl.store(DX + dx_offsets, _rounded(dx, ROUNDING).to(DX.dtype.element_ty),
              mask=p_ok[:, None] & c_ok[None, :])
 
 
@@ -174,16 +175,17 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
     if weight.shape != (channels, TAPS) or bias.shape != (channels,):
         raise ValueError(f"PEG convolution needs weight ({channels}, {TAPS}) and bias ({channels},), got "
                          f"{tuple(weight.shape)} and {tuple(bias.shape)}")
-    if weight.dtype != torch.float32 or bias.dtype != torch.float32:
-        raise TypeError("PEG convolution takes fp32 weight and bias (rounded to the compute dtype already)")
+    check_float(weight, "PEG convolution weight")
+    check_float(bias, "PEG convolution bias")
 
 
 # Each launch is a torch custom op (see kernels/rmsnorm.py for why).
 @torch.library.custom_op("ctclip_kernels::peg_conv_forward", mutates_args=())
 def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
                      write_x_copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, x_copy): the convolution of the (B, T, H, W, C) grid x in `out_dtype`, x rounded to it
-    before the products; x_copy is that rounded x (for the backward) when `write_x_copy`, else empty."""
+    """(out, x_copy): the convolution of the (B, T, H, W, C) grid x with weight (C, 27) and bias in
+    `out_dtype`, all three rounded to it before the products; x_copy is that rounded x (for the
+    backward) when `write_x_copy`, else empty."""
     _check(x, weight, bias)
     x = _channels_unit_stride(x)
     out = _like_layout(x, out_dtype)
@@ -192,8 +194,8 @@ def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     if n_positions and channels:
         block_p, block_c = _blocks(n_positions, channels, x.device)
         _peg_fwd_kernel[(triton.cdiv(n_positions, block_p), triton.cdiv(channels, block_c))](
-            x, weight, bias, out, copy if write_x_copy else out, n_positions, channels, *x.shape[1:4],
-            *_grid_strides(x), *_grid_strides(out), BLOCK_P=block_p, BLOCK_C=block_c,
+            x, weight.contiguous(), bias, out, copy if write_x_copy else out, n_positions, channels,
+            *x.shape[1:4], *_grid_strides(x), *_grid_strides(out), BLOCK_P=block_p, BLOCK_C=block_c,
             ROUNDING=SUM_ROUNDING[out_dtype], WRITE_X_COPY=write_x_copy, num_warps=4)
     return out.to(out_dtype), copy.to(out_dtype)
 
@@ -208,33 +210,40 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torc
 
 @torch.library.custom_op("ctclip_kernels::peg_conv_backward", mutates_args=())
 def peg_conv_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                      x_rounding_dtype: torch.dtype, dx_dtype: torch.dtype, dx_rounding_dtype: torch.dtype
+                      x_rounding_dtype: torch.dtype, dx_dtype: torch.dtype, compute_dtype: torch.dtype
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx in `dx_dtype`, dw (C, 27) fp32, dbias (C,) fp32) from dout and the saved x; x is rounded to
-    `x_rounding_dtype` and dx to `dx_rounding_dtype` (float32: not at all) as in the forward."""
+    """(dx in `dx_dtype`, dw (C, 27) and dbias (C,) in fp32) from dout and the saved x. x is rounded to
+    `x_rounding_dtype` (float32: not at all; the forward's copy is rounded already), w, dx, dw and dbias
+    to `compute_dtype`, as the Conv3d path's casts round them.
+
+    Every rounding happens here, inside the op, rather than as casts around it: torch.compile would
+    remove a cast to bf16 and back as a no-op (unless told to emulate it), and the compiled model would
+    then compute something else than the eager one."""
     _check(x, weight, weight.new_zeros(x.shape[-1]))
     dout, x = _channels_unit_stride(dout), _channels_unit_stride(x)
     dx = _like_layout(x, dx_dtype)
     n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
     if not (n_positions and channels):
-        return dx.to(dx_dtype), weight.new_zeros(weight.shape), weight.new_zeros(channels)
+        return dx.to(dx_dtype), weight.new_zeros(weight.shape, dtype=torch.float32), \
+            weight.new_zeros(channels, dtype=torch.float32)
     block_p, block_c = _blocks(n_positions, channels, x.device)
     tiles = triton.cdiv(n_positions, block_p)
     partial = torch.empty((tiles, TAPS + 1, channels), dtype=torch.float32, device=x.device)
     _peg_bwd_kernel[(tiles, triton.cdiv(channels, block_c))](
-        dout, x, weight, dx, partial, n_positions, channels, *x.shape[1:4], *_grid_strides(dout),
+        dout, x, weight.contiguous(), dx, partial, n_positions, channels, *x.shape[1:4], *_grid_strides(dout),
         *_grid_strides(x), *_grid_strides(dx), BLOCK_P=block_p, BLOCK_C=block_c,
-        X_ROUNDING=SUM_ROUNDING[x_rounding_dtype], DX_ROUNDING=SUM_ROUNDING[dx_rounding_dtype], num_warps=8)
-    # Second stage of the reduction: a fixed-shape sum, so the result is bitwise reproducible.
-    sums = partial.sum(0)
+        X_ROUNDING=SUM_ROUNDING[x_rounding_dtype], ROUNDING=SUM_ROUNDING[compute_dtype], num_warps=8)
+    # Second stage of the reduction: a fixed-shape sum, so the result is bitwise reproducible. The
+    # parameters' gradients leave the convolution in its dtype, as the Conv3d path's do.
+    sums = partial.sum(0).to(compute_dtype).float()
     return dx.to(dx_dtype), sums[:TAPS].t().contiguous(), sums[TAPS].clone()
 
 
 @peg_conv_backward.register_fake
 def _(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, x_rounding_dtype: torch.dtype,
-      dx_dtype: torch.dtype, dx_rounding_dtype: torch.dtype
-      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x, dtype=dx_dtype), torch.empty_like(weight), weight.new_empty(x.shape[-1])
+      dx_dtype: torch.dtype, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.empty_like(x, dtype=dx_dtype), torch.empty_like(weight, dtype=torch.float32),
+            weight.new_empty(x.shape[-1], dtype=torch.float32))
 
 
 def _conv_flops(x_shape) -> int:
@@ -258,17 +267,14 @@ def _peg_backward_flops(dout_shape, *args, **kwargs) -> int:
 
 
 class TritonPEGConvFunction(torch.autograd.Function):
-    """Autograd wrapper: saves x (or, under autocast, its copy in the compute dtype) and the rounded w."""
+    """Autograd wrapper: saves x (or, under autocast, its copy in the compute dtype) and w as (C, 27)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 compute_dtype: torch.dtype) -> torch.Tensor:
-        channels = x.shape[-1]
-        # A cast to the compute dtype and back, as autocast casts the conv's parameters (C x 28 values).
-        w = weight.reshape(channels, TAPS).to(compute_dtype).float()
-        bias_rounded = bias.to(compute_dtype).float()
+        w = weight.reshape(x.shape[-1], TAPS)  # a view of the Conv3d's (C, 1, 3, 3, 3) parameter
         write_copy = compute_dtype != x.dtype
-        out, copy = peg_conv_forward(x, w, bias_rounded, compute_dtype, write_copy)
+        out, copy = peg_conv_forward(x, w, bias, compute_dtype, write_copy)
         ctx.save_for_backward(copy if write_copy else x, w)
         ctx.x_dtype, ctx.compute_dtype = x.dtype, compute_dtype
         ctx.x_rounding = torch.float32 if write_copy else compute_dtype
@@ -279,9 +285,8 @@ class TritonPEGConvFunction(torch.autograd.Function):
     def backward(ctx, dout: torch.Tensor):
         saved_x, w = ctx.saved_tensors
         dx, dw, dbias = peg_conv_backward(dout, saved_x, w, ctx.x_rounding, ctx.x_dtype, ctx.compute_dtype)
-        # The parameters' gradients leave the convolution in its dtype, as the unfused path's do.
-        dw = dw.to(ctx.compute_dtype).to(ctx.weight_dtype).reshape(ctx.weight_shape)
-        dbias = dbias.to(ctx.compute_dtype).to(ctx.bias_dtype)
+        dw = dw.to(ctx.weight_dtype).reshape(ctx.weight_shape)
+        dbias = dbias.to(ctx.bias_dtype)
         wants = ctx.needs_input_grad
         return (dx if wants[0] else None, dw if wants[1] else None, dbias if wants[2] else None, None)
 

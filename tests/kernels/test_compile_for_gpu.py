@@ -142,7 +142,7 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
                 compile_(peg_conv._peg_bwd_kernel,
                          {"DOUT": f"*{dt}", "X": f"*{dt}", "W": "*fp32", "DX": f"*{stream}",
                           "PARTIAL": "*fp32", **grid_ints, **strides("sd", "sx", "sdx")},
-                         {"BLOCK_P": bp, "BLOCK_C": bc, "X_ROUNDING": 0, "DX_ROUNDING": rounding}, 8, target)
+                         {"BLOCK_P": bp, "BLOCK_C": bc, "X_ROUNDING": 0, "ROUNDING": rounding}, 8, target)
                 count += 2
 print("compiled", count)
 '''
