@@ -70,6 +70,14 @@ def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
     The interpreter converts fp32 to bf16 by truncation, where a GPU rounds to nearest even, so there
     bf16 results are written in fp32 and rounded by torch: the numerics then match the GPU's.
     """
-    if interpreted and dtype == torch.bfloat16:
-        dtype = torch.float32
-    return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=_written_dtype(dtype, interpreted), device=device)
+
+
+def output_buffer_like(x: torch.Tensor, dtype: torch.dtype, interpreted: bool) -> torch.Tensor:
+    """`output_buffer` shaped like x, and laid out as x where x is dense (torch.empty_like keeps a
+    permuted view's memory order), else contiguous."""
+    return torch.empty_like(x, dtype=_written_dtype(dtype, interpreted))
+
+
+def _written_dtype(dtype: torch.dtype, interpreted: bool) -> torch.dtype:
+    return torch.float32 if interpreted and dtype == torch.bfloat16 else dtype

@@ -35,24 +35,14 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels._launch import check_float, interpreting, next_pow2
-from kernels.rmsnorm import SUM_ROUNDING, _round_to_bf16
+from kernels._launch import check_float, interpreting, next_pow2, output_buffer_like
+from kernels.rmsnorm import SUM_ROUNDING, rounded
 
 # Whether the kernels below were defined for the interpreter (read by kernels.supports).
 INTERPRETED = interpreting()
 TAPS = 27
 # An output the caller did not ask for (custom ops cannot return None).
 _NOTHING = (0,)
-
-
-@triton.jit
-def _rounded(x, ROUNDING: tl.constexpr):
-    # As a cast to the compute dtype and back (kernels/rmsnorm.py's SUM_ROUNDING codes).
-    if ROUNDING == 1:
-        x = _round_to_bf16(x)
-    elif ROUNDING == 2:
-        x = x.to(tl.float16).to(tl.float32)
-    return x
 
 
 @triton.jit
@@ -87,15 +77,15 @@ def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, n_positions, channels, size0, size1
                 x = tl.load(x_base[:, None] + (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None] + c[None, :],
                             mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
                 w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0).to(tl.float32)
-                acc += _rounded(x, ROUNDING) * _rounded(w, ROUNDING)[None, :]
-    acc += _rounded(tl.load(BIAS + c, mask=c_ok, other=0.0).to(tl.float32), ROUNDING)[None, :]
+                acc += rounded(x, ROUNDING) * rounded(w, ROUNDING)[None, :]
+    acc += rounded(tl.load(BIAS + c, mask=c_ok, other=0.0).to(tl.float32), ROUNDING)[None, :]
     mask = p_ok[:, None] & c_ok[None, :]
     out_offsets = (b * so_b + i0 * so_0 + i1 * so_1 + i2 * so_2)[:, None] + c[None, :]
     tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=mask)
     if WRITE_X_COPY:  # x in the compute dtype, laid out as the output, for the backward
         x = tl.load(x_base[:, None] + (i0 * sx_0 + i1 * sx_1 + i2 * sx_2)[:, None] + c[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        tl.store(X_COPY + out_offsets, _rounded(x, ROUNDING).to(X_COPY.dtype.element_ty), mask=mask)
+        tl.store(X_COPY + out_offsets, rounded(x, ROUNDING).to(X_COPY.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -121,7 +111,7 @@ def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1
         for k1 in tl.static_range(3):
             for k2 in tl.static_range(3):
                 w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0).to(tl.float32)
-                w = _rounded(w, ROUNDING)
+                w = rounded(w, ROUNDING)
                 # dx at this tile's positions j gathers dout from the outputs i = j - o(k) that read j.
                 a0, a1, a2 = i0 - (k0 - 2), i1 - (k1 - 1), i2 - (k2 - 1)
                 ok = p_ok & (a0 < size0) & (a1 >= 0) & (a1 < size1) & (a2 >= 0) & (a2 < size2)
@@ -134,10 +124,10 @@ def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1
                 x = tl.load(x_base[:, None] + (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None] + c[None, :],
                             mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
                 tl.store(partial + (k0 * 9 + k1 * 3 + k2) * channels,
-                         tl.sum(dout * _rounded(x, X_ROUNDING), axis=0), mask=c_ok)
+                         tl.sum(dout * rounded(x, X_ROUNDING), axis=0), mask=c_ok)
     tl.store(partial + 27 * channels, tl.sum(dout, axis=0), mask=c_ok)
     dx_offsets = (b * sdx_b + i0 * sdx_0 + i1 * sdx_1 + i2 * sdx_2)[:, None] + c[None, :]
-    tl.store(DX + dx_offsets, _rounded(dx, ROUNDING).to(DX.dtype.element_ty),
+    tl.store(DX + dx_offsets, rounded(dx, ROUNDING).to(DX.dtype.element_ty),
              mask=p_ok[:, None] & c_ok[None, :])
 
 
@@ -158,25 +148,17 @@ def _channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def _like_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A fresh tensor shaped like x in x's memory order where x is dense (the corrected temporal layout
-    is a permuted view: its output then rearranges back to tokens as a view), else contiguous. In the
-    interpreter a bf16 result is written in fp32 and rounded by torch (kernels._launch.output_buffer)."""
-    if INTERPRETED and dtype == torch.bfloat16:
-        dtype = torch.float32
-    return torch.empty_like(x, dtype=dtype)
-
-
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = None) -> None:
     check_float(x, "PEG convolution input")
     if x.dim() != 5:
         raise ValueError(f"PEG convolution needs a (B, T, H, W, C) grid, got {tuple(x.shape)}")
     channels = x.shape[-1]
-    if weight.shape != (channels, TAPS) or bias.shape != (channels,):
+    if weight.shape != (channels, TAPS) or (bias is not None and bias.shape != (channels,)):
         raise ValueError(f"PEG convolution needs weight ({channels}, {TAPS}) and bias ({channels},), got "
-                         f"{tuple(weight.shape)} and {tuple(bias.shape)}")
+                         f"{tuple(weight.shape)} and {None if bias is None else tuple(bias.shape)}")
     check_float(weight, "PEG convolution weight")
-    check_float(bias, "PEG convolution bias")
+    if bias is not None:
+        check_float(bias, "PEG convolution bias")
 
 
 # Each launch is a torch custom op (see kernels/rmsnorm.py for why).
@@ -188,8 +170,11 @@ def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     backward) when `write_x_copy`, else empty."""
     _check(x, weight, bias)
     x = _channels_unit_stride(x)
-    out = _like_layout(x, out_dtype)
-    copy = _like_layout(x, out_dtype) if write_x_copy else x.new_empty(_NOTHING, dtype=out_dtype)
+    # In x's memory order: the corrected temporal layout's grid is a permuted view of the tokens, and its
+    # output then rearranges back to tokens as a view.
+    out = output_buffer_like(x, out_dtype, INTERPRETED)
+    copy = (output_buffer_like(x, out_dtype, INTERPRETED) if write_x_copy
+            else x.new_empty(_NOTHING, dtype=out_dtype))
     n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
     if n_positions and channels:
         block_p, block_c = _blocks(n_positions, channels, x.device)
@@ -219,9 +204,9 @@ def peg_conv_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     Every rounding happens here, inside the op, rather than as casts around it: torch.compile would
     remove a cast to bf16 and back as a no-op (unless told to emulate it), and the compiled model would
     then compute something else than the eager one."""
-    _check(x, weight, weight.new_zeros(x.shape[-1]))
+    _check(x, weight)
     dout, x = _channels_unit_stride(dout), _channels_unit_stride(x)
-    dx = _like_layout(x, dx_dtype)
+    dx = output_buffer_like(x, dx_dtype, INTERPRETED)
     n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
     if not (n_positions and channels):
         return dx.to(dx_dtype), weight.new_zeros(weight.shape, dtype=torch.float32), \

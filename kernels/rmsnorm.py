@@ -56,6 +56,16 @@ def _round_to_bf16(x):
 
 
 @triton.jit
+def rounded(x, ROUNDING: tl.constexpr):
+    # fp32 x as a cast to the dtype of a SUM_ROUNDING code and back would leave it (0: unchanged).
+    if ROUNDING == 1:
+        x = _round_to_bf16(x)
+    elif ROUNDING == 2:
+        x = x.to(tl.float16).to(tl.float32)
+    return x
+
+
+@triton.jit
 def _rmsnorm_fwd_kernel(X, Y, W, R, BRANCH, SUM, SUM_COPY, stride_x, stride_y, stride_branch, n_rows, n_cols,
                         eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EPS_INSIDE: tl.constexpr,
                         ADD_BRANCH: tl.constexpr, SUM_ROUNDING: tl.constexpr, WRITE_SUM_COPY: tl.constexpr):
@@ -70,11 +80,7 @@ def _rmsnorm_fwd_kernel(X, Y, W, R, BRANCH, SUM, SUM_COPY, stride_x, stride_y, s
     out_offsets = rows[:, None] * stride_y + cols[None, :]  # every output is a fresh [rows, n_cols] buffer
     if ADD_BRANCH:  # x is the residual: normalise residual + branch, write the sum (kernels/add_rmsnorm.py)
         branch = tl.load(BRANCH + rows[:, None] * stride_branch + cols[None, :], mask=mask, other=0.0)
-        x += branch.to(tl.float32)
-        if SUM_ROUNDING == 1:
-            x = _round_to_bf16(x)
-        elif SUM_ROUNDING == 2:
-            x = x.to(tl.float16).to(tl.float32)
+        x = rounded(x + branch.to(tl.float32), SUM_ROUNDING)
         tl.store(SUM + out_offsets, x.to(SUM.dtype.element_ty), mask=mask)
         if WRITE_SUM_COPY:
             tl.store(SUM_COPY + out_offsets, x.to(SUM_COPY.dtype.element_ty), mask=mask)
