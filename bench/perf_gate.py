@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# extra_info keys gated by default: the CUDA allocator peak (GPU tests) and the bytes saved for
-# backward (CPU tests; deterministic, so a rise is a real change in what the model keeps).
-DEFAULT_FIELDS = ("max_memory_allocated_bytes", "saved_for_backward_bytes")
+# extra_info keys the perf suites record (tests/perf/helpers.py) and this gate compares by default: the
+# CUDA allocator peak (GPU tests) and the bytes saved for backward (CPU tests; deterministic, so a rise
+# is a real change in what the model keeps).
+PEAK_KEY = "max_memory_allocated_bytes"
+SAVED_KEY = "saved_for_backward_bytes"
+DEFAULT_FIELDS = (PEAK_KEY, SAVED_KEY)
 DEFAULT_THRESHOLD_PCT = 5.0
 GIB = 2**30
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.perf_gate import PEAK_KEY
+
 # The PyTorch paths the Triton providers are compared with, in the perf suites' spelling.
 REFERENCE_PROVIDERS = ("eager", "unfused", "conv3d", "torch_fp32")
-PEAK_KEY = "max_memory_allocated_bytes"  # tests/perf/helpers.py's
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,12 @@ def markdown(data: dict[str, Any]) -> str:
         return "\n".join(lines[:2] + ["No benchmark finished."]) + "\n"
     for case in cases:
         reference = reference_of(case, cases)
-        ratio = "" if reference is None or reference is case else f"{case.median_s / reference.median_s:.2f}×"
-        if reference is case:
+        if reference is None:
+            ratio = ""
+        elif reference is case:
             ratio = "reference"
+        else:
+            ratio = f"{case.median_s / reference.median_s:.2f}×"
         peak = "" if case.peak_bytes is None else f"{case.peak_bytes / 2**30:.2f} GiB"
         lines.append(f"| {case.test} | {case.case} | {case.median_s * 1e3:.3f} | {case.iqr_s * 1e3:.3f} | "
                      f"{case.rounds} | {ratio} | {peak} |")

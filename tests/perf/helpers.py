@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from bench.memory import GpuMemoryProbe
+from bench.perf_gate import PEAK_KEY
 from bench.result import Memory
 
 # Modest counts: the GPU suite has to fit in a couple of minutes on one H100, beside bench.gpu_check.
@@ -22,10 +23,6 @@ GPU_WARMUP_ROUNDS = 3
 GPU_ROUNDS = 10
 CPU_WARMUP_ROUNDS = 1
 CPU_ROUNDS = 3
-
-# extra_info keys the memory gate (bench.perf_gate) compares between runs.
-PEAK_KEY = "max_memory_allocated_bytes"
-SAVED_KEY = "saved_for_backward_bytes"
 
 
 def sync_timer() -> float:

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from bench.design import expand
+from bench.perf_gate import PEAK_KEY
 from bench.step import TrainStep
 from models import SIZES, build, example_batch, supports
-from tests.perf.helpers import PEAK_KEY, clear_grads, measure_cuda
+from tests.perf.helpers import clear_grads, measure_cuda
 
 pytestmark = pytest.mark.gpu
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from bench.memory import SavedBytes
+from bench.perf_gate import SAVED_KEY
 from bench.step import TrainStep
 from models import Variant, build, example_batch, supports
-from tests.perf.helpers import CPU_ROUNDS, CPU_WARMUP_ROUNDS, SAVED_KEY
+from tests.perf.helpers import CPU_ROUNDS, CPU_WARMUP_ROUNDS
 
 VARIANTS = {
     "faithful": Variant.faithful(),
