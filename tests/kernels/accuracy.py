@@ -1,4 +1,4 @@
-"""FlashAttention's accuracy rule, as the kernel tests apply it.
+"""FlashAttention's accuracy rule, as the kernel tests apply it, and the compiled-equals-eager check.
 
 Against an fp64 reference, a kernel's max abs error may be at most 2x the error of PyTorch's own
 implementation run in the same dtype, plus a tiny floor (1e-6 of the reference's scale) so that cases
@@ -26,3 +26,20 @@ def assert_fa_rule(kernel: torch.Tensor, pytorch: torch.Tensor, reference: torch
         f"{what}: kernel error {kernel_error:.3e} vs fp64 exceeds {factor}x PyTorch's same-dtype error "
         f"{pytorch_error:.3e} (+ floor {floor:.1e})"
     )
+
+
+def assert_compiled_grads_match_eager(model: torch.nn.Module, x: torch.Tensor,
+                                      autocast: bool = False) -> None:
+    """`torch.compile(model, fullgraph=True)` (a graph break fails) gives eager's parameter gradients for
+    the loss sum(model(x)^2), in fp32 or under bf16 autocast on x's device."""
+
+    def grads(module: torch.nn.Module) -> list[torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            module(x).float().square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    expected = grads(model)
+    torch._dynamo.reset()
+    for got, want in zip(grads(torch.compile(model, fullgraph=True)), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from kernels import TritonRMSNorm, TritonSwiGLU, supports
 from kernels.add_rmsnorm import add_rmsnorm_backward, add_rmsnorm_forward
 from kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from kernels.swiglu import gated_backward, gated_forward
+from tests.kernels.accuracy import assert_compiled_grads_match_eager
 from tests.kernels.oplog import OpLog
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -93,15 +94,7 @@ def test_compiled_module_keeps_the_kernels_in_one_graph():
     # torch.compile sees each launch as one opaque op: no graph break (fullgraph), eager's numbers.
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 34), TritonSwiGLU(), TritonRMSNorm(17)).to(DEVICE)
-    x = _x(6, 5, 16)
-    model(x).square().sum().backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)
-    compiled(x).square().sum().backward()
-    for got, want in zip([p.grad for p in model.parameters()], expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_compiled_grads_match_eager(model, _x(6, 5, 16))
 
 
 class _AddNormBlock(torch.nn.Module):
@@ -144,16 +137,4 @@ def test_compiled_fused_add_norm_keeps_the_kernels_in_one_graph(autocast):
     # The GPU check compiles the fastest candidate, which runs the fused add under autocast: no graph
     # break (the autocast dtype is read while tracing), eager's numbers.
     torch.manual_seed(0)
-    model = _AddNormBlock(24).to(DEVICE)
-    x = _x(5, 3, 24)
-
-    def grads(module):
-        model.zero_grad()
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-            module(x).float().square().sum().backward()
-        return [p.grad.clone() for p in model.parameters()]
-
-    expected = grads(model)
-    torch._dynamo.reset()
-    for got, want in zip(grads(torch.compile(model, fullgraph=True)), expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_compiled_grads_match_eager(_AddNormBlock(24).to(DEVICE), _x(5, 3, 24), autocast)

@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kernels import supports
-from tests.kernels.accuracy import assert_fa_rule
+from tests.kernels.accuracy import assert_compiled_grads_match_eager, assert_fa_rule
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
@@ -190,19 +190,8 @@ def test_compiled_peg_keeps_the_kernels_in_one_graph(autocast):
     # inside the ops: inductor removes a cast to bf16 and back around them as a no-op, and when the
     # parameters were rounded that way the compiled block's gradients were 2 % off eager's.
     torch.manual_seed(0)
-    model = _PEGBlock(12).to(DEVICE)
-    x = torch.randn(2, 3, 4, 5, 12, device=DEVICE)
-
-    def grads(module):
-        model.zero_grad()
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-            module(x).float().square().sum().backward()
-        return [p.grad.clone() for p in model.parameters()]
-
-    expected = grads(model)
-    torch._dynamo.reset()
-    for got, want in zip(grads(torch.compile(model, fullgraph=True)), expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_compiled_grads_match_eager(_PEGBlock(12).to(DEVICE), torch.randn(2, 3, 4, 5, 12, device=DEVICE),
+                                      autocast)
 
 
 def test_on_fake_tensors_it_is_one_op_each_way():
