@@ -15,6 +15,7 @@ from models.losses import LOSSES
 from models.mlp import ACTIVATIONS
 from models.norms import NORMS
 from models.optimizers import OPTIMIZERS
+from models.patch_embed import PATCH_EMBEDS
 from models.peg import PEG_IMPLS
 from models.position import POSITIONS
 from models.qk_norm import QK_NORMS
@@ -28,7 +29,7 @@ from models.vq import VQ_IMPLS
 AXIS_REGISTRIES: dict[str, Registry] = {
     "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
     "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS, "optimizer": OPTIMIZERS, "qk_norm": QK_NORMS,
-    "peg_impl": PEG_IMPLS,
+    "peg_impl": PEG_IMPLS, "patch_embed": PATCH_EMBEDS,
 }
 
 

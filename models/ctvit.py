@@ -17,34 +17,18 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import noop_context_fn
 
+from models.patch_embed import PatchEmbed
 from models.position import POSITIONS
 from models.transformer import Transformer, maybe_checkpointed
 from models.variant import Size
 from models.vq import VQ_IMPLS
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, size: Size) -> None:
-        super().__init__()
-        self.patch_size = size.patch_size
-        self.temporal_patch_size = size.temporal_patch_size
-        self.norm_in = nn.LayerNorm(size.patch_dim)
-        self.proj = nn.Linear(size.patch_dim, size.dim)
-        self.norm_out = nn.LayerNorm(size.dim)
-
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        patches = rearrange(
-            volume, "b c (t pt) (h p1) (w p2) -> b t h w (c pt p1 p2)",
-            pt=self.temporal_patch_size, p1=self.patch_size, p2=self.patch_size,
-        )
-        return self.norm_out(self.proj(self.norm_in(patches)))
-
-
 class CTViT(nn.Module):
     def __init__(self, variant, size: Size) -> None:
         super().__init__()
         self.size = size
-        self.patch_embed = PatchEmbed(size)
+        self.patch_embed = PatchEmbed(size, variant.patch_embed)
         self.position = POSITIONS.get(variant.position).impl(size.dim, size.heads, size.dim_head)
         layer_args = (size.heads, size.dim_head, size.ff_inner, variant)
         self.spatial = Transformer(size.dim, size.spatial_depth, *layer_args, stage="spatial")

@@ -33,6 +33,9 @@ AXES: dict[str, tuple[Any, ...]] = {
     # How the PEG convolves (models/peg.py): pad + nn.Conv3d on a channels-first view, as upstream, or
     # one Triton kernel each way on the token stream where it lies (kernels/peg_conv.py).
     "peg_impl": ("conv3d", "triton"),
+    # How the volume becomes normalised patches (models/patch_embed.py): a rearranged copy then
+    # nn.LayerNorm, as upstream, or one Triton kernel each way reading the volume in place.
+    "patch_embed": ("eager", "triton"),
     "precision": ("fp32", "fp16", "bf16"),
     "checkpointing": (False, True),
     "compile": (False, True),
@@ -45,8 +48,8 @@ AXES: dict[str, tuple[Any, ...]] = {
 # Abbreviations used in `Variant.key`; a key must stay stable because result files are named by it.
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
-    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "peg_impl": "pegimpl", "precision": "prec",
-    "checkpointing": "ckpt",
+    "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "peg_impl": "pegimpl", "patch_embed": "patch",
+    "precision": "prec", "checkpointing": "ckpt",
     "compile": "compile", "optimizer": "opt", "qk_norm": "qk",
 }
 
@@ -87,6 +90,7 @@ class Variant:
     vq_impl: str = "onehot"
     peg_layout: str = "upstream"
     peg_impl: str = "conv3d"
+    patch_embed: str = "eager"
     precision: str = "fp32"
     checkpointing: bool = False
     compile: bool = False

@@ -139,6 +139,31 @@ def test_triton_peg_matches_the_conv3d_peg(peg_layout, precision):
         assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_triton_patch_norm_matches_the_eager_patch_embedding(precision):
+    # The volume read in place and normalised in one kernel; the same `norm_in` parameters. Under bf16
+    # autocast both write the same once-rounded bf16 patches, so each gradient meets FlashAttention's rule
+    # against the fp32 model.
+    reference_variant = models.Variant.modern().replace(attention="math", precision=precision)
+    reference = models.build(reference_variant, "tiny", device=DEVICE)
+    model = models.build(reference_variant.replace(patch_embed="triton"), "tiny", device=DEVICE)
+    model.load_state_dict(reference.state_dict())
+    batch = models.example_batch("tiny", device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, grads = loss_and_grads(model, batch)
+        loss_ref, grads_ref = loss_and_grads(reference, batch)
+    assert grads["visual_encoder.patch_embed.norm_in.weight"].abs().sum() > 0
+    if precision == "fp32":
+        assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+        return
+    exact = models.build(reference_variant.replace(precision="fp32"), "tiny", device=DEVICE)
+    exact.load_state_dict(reference.state_dict())
+    loss_exact, grads_exact = loss_and_grads(exact, batch)
+    assert_fa_rule(loss, loss_ref, loss_exact, "loss")
+    for name, grad in grads.items():
+        assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
+
+
 def assert_same_training_signal(loss, grads, loss_ref, grads_ref) -> None:
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert grads.keys() == grads_ref.keys() and len(grads) > 50
