@@ -108,7 +108,7 @@ def _accounting_step(step: TrainStep) -> tuple[Memory, dict[str, float]]:
 
     memory = Memory(param_bytes=param_bytes(step.model))
     with counting_recomputation(step.model) as recomputed:
-        with SavedBytes(step.model.parameters()) as saved, counter() as fwd:
+        with SavedBytes(step.resident()) as saved, counter() as fwd:
             loss = step.forward()
         with counter() as bwd:
             step.backward(loss)

@@ -154,7 +154,7 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
     with mode, dispatch_context(dispatch):
         tracker = AllocationTracker(resident_tensors(step))
         with tracker:
-            with SavedBytes(model.parameters()) as saved:
+            with SavedBytes(step.resident()) as saved:
                 loss = step.forward()
             step.backward(loss)
             grads = grad_bytes(model)

@@ -25,7 +25,9 @@ def storage_id(t: torch.Tensor) -> int:
 class SavedBytes:
     """Bytes of tensors autograd saves for backward while active, deduplicated by storage.
 
-    Parameters are excluded: they are resident anyway and counted under `param_bytes`.
+    Resident tensors are excluded: the parameters (counted under `param_bytes`) and the batch, which
+    stay allocated whether or not a backward is pending (a kernel that keeps the input volume for its
+    backward adds no activation memory; TrainStep.resident).
     Works on real tensors and under FakeTensorMode (cpu-facts §4).
 
     A storage's id is its address, which a later storage can reuse once the first is freed (a saved
@@ -33,8 +35,8 @@ class SavedBytes:
     does not depend on where the allocator happens to put things.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor] = ()) -> None:
-        self._param_storages = {storage_id(p) for p in params}
+    def __init__(self, resident: Iterable[torch.Tensor] = ()) -> None:
+        self._resident_storages = {storage_id(t) for t in resident}
         self._seen: dict[int, weakref.ref] = {}
         self.bytes = 0
         self._hooks = None
@@ -42,7 +44,7 @@ class SavedBytes:
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         sid = storage._cdata
-        if sid not in self._param_storages:
+        if sid not in self._resident_storages:
             known = self._seen.get(sid)
             if known is None or known() is not storage:
                 self._seen[sid] = weakref.ref(storage)

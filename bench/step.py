@@ -36,6 +36,11 @@ class TrainStep:
         # fp16 autocast needs loss scaling to train; bf16 and fp32 do not (as upstream's AMP recipe).
         self.scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None
 
+    def resident(self) -> list[torch.Tensor]:
+        """Tensors allocated whether or not a backward is pending (the parameters and the batch): what
+        autograd saves of these is not activation memory (bench.memory.SavedBytes)."""
+        return [*self.model.parameters(), self.volumes, self.input_ids, self.attention_mask]
+
     def forward(self, mark: Mark = _no_mark) -> torch.Tensor:
         text = self.model.encode_text(self.input_ids, self.attention_mask)
         mark()

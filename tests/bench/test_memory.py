@@ -18,6 +18,29 @@ def test_saved_bytes_counts_storage_once_and_skips_parameters():
     (w.sum() + z.sum()).backward()
 
 
+def test_saved_bytes_skips_the_resident_batch():
+    # A kernel that keeps its input batch for backward (kernels/patch_norm.py keeps the volume) adds no
+    # activation memory: the batch is allocated anyway. TrainStep.resident names the batch.
+    import models
+    from bench.step import TrainStep
+
+    weight = nn.Parameter(torch.randn(8))
+    batch = torch.randn(16, 8)
+    counted = []
+    for resident in ([weight], [weight, batch]):
+        with SavedBytes(resident) as saved:
+            (batch * weight).sum()  # mul saves both operands
+        counted.append(saved.bytes)
+    assert counted == [16 * 8 * 4, 0]
+
+    model = models.build(models.Variant.faithful(), "tiny")
+    step = TrainStep(model, models.example_batch("tiny"))
+    resident = step.resident()
+    assert all(any(t is r for r in resident) for t in (step.volumes, step.input_ids, step.attention_mask))
+    assert sum(t.numel() for t in resident) == sum(p.numel() for p in model.parameters()) + sum(
+        t.numel() for t in (step.volumes, step.input_ids, step.attention_mask))
+
+
 def test_saved_bytes_counts_a_new_storage_at_a_freed_ones_address(monkeypatch):
     # Storage ids are addresses: once a saved tensor is freed (its graph dropped), the allocator may put
     # the next one at the same address. Every storage is given one id here, as if it always did.

@@ -59,7 +59,7 @@ def test_train_step_tiny(benchmark, name):
         pytest.skip(reason)
     step = _fresh_step(variant)
     _check_first_adamw_step(step)
-    with SavedBytes(step.model.parameters()) as saved:
+    with SavedBytes(step.resident()) as saved:
         step.forward()
     step.zero_grad()
     benchmark.extra_info.update({"variant": variant.key, "size": "tiny", "batch": BATCH, SAVED_KEY: saved.bytes})
