@@ -237,3 +237,46 @@ def test_peg_conv_fwd_bwd_model_shape(benchmark, provider):
     measure_cuda(benchmark, step, setup=lambda: clear_grads(x, *conv.parameters()), rounds=5, warmup_rounds=2)
     benchmark.extra_info.update(kernel="peg_conv", provider=provider, grid=[size.batch, *size.grid],
                                 channels=size.dim, dtype="fp32 stream, bf16 autocast")
+
+
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+def test_patch_norm_fwd_bwd_paper_shape(benchmark, provider):
+    """The paper's patch embedding input (a 4 x 1 x 240 x 480 x 480 fp32 volume cut into 10 x 20 x 20
+    patches and LayerNorm'd) under bf16 autocast, forward to the bf16 patches the projection reads and
+    backward to the norm's parameters: the Triton kernel (patch_embed=triton) against upstream's
+    rearrange copy, LayerNorm and autocast's cast."""
+    from kernels import supports as kernel_supports
+    from models.patch_embed import PATCH_EMBEDS, PatchEmbed
+
+    device = torch.device("cuda")
+    if provider == "triton" and (reason := kernel_supports(device)):
+        pytest.skip(reason)
+    size = SIZES["paper"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    volume = torch.randn(size.batch, size.channels, size.depth, size.image_size, size.image_size,
+                         generator=gen, device=device) * 300 - 200
+    embed = PatchEmbed(size).to(device)
+    normalise = PATCH_EMBEDS.get(provider).impl
+
+    def patches(name: str) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return PATCH_EMBEDS.get(name).impl(volume, embed).to(torch.bfloat16)
+
+    # Correctness first (FlashAttention's rule on the patches): error vs fp32 math at most 2x eager's.
+    with torch.no_grad():
+        reference = PATCH_EMBEDS.get("eager").impl(volume.double(), embed.double()).float()
+        embed.float()
+        errors = {name: (patches(name).float() - reference).abs().max().item() for name in ("triton", "eager")}
+    assert errors["triton"] <= 2 * errors["eager"] + 1e-6, errors
+    dout = torch.randn(reference.shape, generator=gen, device=device).bfloat16()
+    del reference
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = normalise(volume, embed).to(torch.bfloat16)
+        out.backward(dout)
+
+    measure_cuda(benchmark, step, setup=lambda: clear_grads(*embed.parameters()), rounds=5, warmup_rounds=2)
+    patch = [size.temporal_patch_size, size.patch_size, size.patch_size]
+    benchmark.extra_info.update(kernel="patch_norm", provider=provider, volume=list(volume.shape), patch=patch,
+                                dtype="fp32 volume, bf16 autocast")
