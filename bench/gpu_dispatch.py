@@ -2,8 +2,8 @@
 
 `cuda_dispatch()` is what a step runs under: CUDA's autocast policy (bench.cuda_autocast) and its fused
 rms_norm (`fused_rms_norm`). The rest is set on the model: `choose_attention_as_on_cuda` (SDPA's kernel
-choice, bench.cuda_sdpa), `fuse_attention_dropout`, and `use_attention_backend` for the backends only
-CUDA has; and on the optimizer: `foreach_as_on_cuda`. Choices made by an active Python mode would be
+choice, bench.cuda_sdpa), `fuse_attention_dropout`, `dropout_as_on_cuda`, and `use_attention_backend`
+for the backends only CUDA has; and on the optimizer: `foreach_as_on_cuda`. Choices made by an active Python mode would be
 lost where autograd recomputes a checkpointed layer (torch function modes are not active there); a
 module's forward is called again, so choices set on modules hold.
 
@@ -23,6 +23,11 @@ on CPU refuses dropout, where there is no mask); their inputs, outputs, saved te
 log-sum-exp) and FLOP formulas are those of the kernels with dropout, which adds no memory traffic on
 a GPU. It changes the module, not a dispatch mode, so a checkpointed layer's recomputation inside
 backward makes the same choice as its forward. CT-CLIP's own attention has no dropout.
+
+The other dropouts (BERT's hidden states and embeddings) differ too: `F.dropout` is one
+`native_dropout` kernel on CUDA, which saves a bool mask, but a composite on CPU tensors (a mask in the
+input's dtype from `bernoulli_`, a `div_` and a `mul`, three passes). `dropout_as_on_cuda` has every
+`nn.Dropout` call `native_dropout`, as the CUDA build's `dropout` does for 0 < p < 1.
 """
 
 from __future__ import annotations
@@ -51,6 +56,23 @@ def fuse_attention_dropout(model: nn.Module) -> int:
             module.dropout.p = 0.0
             changed += 1
     return changed
+
+
+def dropout_as_on_cuda(model: nn.Module) -> int:
+    """Have every nn.Dropout with 0 < p < 1 run as the CUDA build runs `F.dropout`: one native_dropout
+    (a bool mask); returns how many modules were changed (a second call changes none)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and 0 < module.p < 1 and "forward" not in vars(module):
+            module.forward = functools.partial(_native_dropout, module)
+            changed += 1
+    return changed
+
+
+def _native_dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    if not module.training or x.numel() == 0:
+        return x
+    return torch.native_dropout(x, module.p, True)[0]
 
 
 @contextmanager
@@ -121,11 +143,12 @@ def buildable_on_cpu(variant: Variant) -> Variant:
 
 def set_up_as_on_cuda(model: nn.Module, variant: Variant) -> None:
     """Make a model built from `buildable_on_cpu(variant)` make `variant`'s choices as on the CUDA build:
-    its attention backend, SDPA's kernel choice, BERT's fused dropout attention."""
+    its attention backend, SDPA's kernel choice, BERT's fused dropout attention, native dropout."""
     use_attention_backend(model, variant.attention)
     model.variant = variant
     choose_attention_as_on_cuda(model)
     fuse_attention_dropout(model)
+    dropout_as_on_cuda(model)
 
 
 def use_attention_backend(model: nn.Module, backend: str) -> int:

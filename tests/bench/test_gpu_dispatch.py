@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.estimate import dispatch_context, estimate_variant, fake_training_step
-from bench.gpu_dispatch import foreach_as_on_cuda, fuse_attention_dropout, fused_rms_norm
+from bench.gpu_dispatch import dropout_as_on_cuda, foreach_as_on_cuda, fuse_attention_dropout, fused_rms_norm
 from models import SIZES, Variant, build
 from tests.kernels.oplog import OpLog
 
@@ -48,8 +48,33 @@ def test_gpu_choice_runs_bert_attention_as_one_fused_kernel():
     # The CUDA build runs it fused; BERT's padding mask rules out flash, so memory-efficient.
     assert gpu.count(FLASH_CPU) == 0
     assert gpu.count(EFFICIENT) == layers and gpu.count(EFFICIENT + "_backward") == layers
-    # Only the hidden-state dropouts remain: two per layer and the embeddings'.
-    assert gpu.count("aten.bernoulli_") == cpu.count("aten.bernoulli_") - layers
+    # The hidden-state dropouts (two per layer and the embeddings') run as CUDA's native_dropout.
+    assert gpu.count("aten.bernoulli_") == 0
+    assert gpu.count("aten.native_dropout") == cpu.count("aten.bernoulli_") - layers == 2 * layers + 1
+    assert gpu.count("aten.native_dropout_backward") == 2 * layers + 1
+
+
+def test_native_dropout_as_on_cuda():
+    # F.dropout on CPU tensors is a composite (a mask in x's dtype, div_, mul); CUDA's is one
+    # native_dropout that saves a bool mask. Same statistics: kept values scaled by 1/(1-p), others 0.
+    dropout = torch.nn.Sequential(torch.nn.Dropout(0.25), torch.nn.Dropout(0.0), torch.nn.Dropout(1.0))
+    assert dropout_as_on_cuda(dropout) == 1 and dropout_as_on_cuda(dropout) == 0
+    x = torch.randn(4000, 64, dtype=torch.bfloat16, requires_grad=True)
+    log = OpLog()
+    with log:
+        y = dropout[0](x)
+    assert log.names == ["aten.native_dropout"]
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], (x[kept] / 0.75).to(torch.bfloat16))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        dropout[0](x)
+    assert [t.dtype for t in saved] == [torch.bool]
+    y.float().sum().backward()
+    torch.testing.assert_close(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.75))
+    dropout.eval()
+    assert dropout[0](x) is x
 
 
 def test_fp32_estimates_differ_by_bert_attention_only():
