@@ -3,9 +3,9 @@
 `cuda_dispatch()` is what a step runs under: CUDA's autocast policy (bench.cuda_autocast) and its fused
 rms_norm (`fused_rms_norm`). The rest is set on the model: `choose_attention_as_on_cuda` (SDPA's kernel
 choice, bench.cuda_sdpa), `fuse_attention_dropout`, `dropout_as_on_cuda`, and `use_attention_backend`
-for the backends only CUDA has; and on the optimizer: `foreach_as_on_cuda`. Choices made by an active Python mode would be
-lost where autograd recomputes a checkpointed layer (torch function modes are not active there); a
-module's forward is called again, so choices set on modules hold.
+for the backends only CUDA has; and on the optimizer: `foreach_as_on_cuda`. Choices made by an active
+Python mode would be lost where autograd recomputes a checkpointed layer (torch function modes are not
+active there); a module's forward is called again, so choices set on modules hold.
 
 Fake tensors are CPU tensors, so left alone SDPA chooses among the CPU build's kernels, and one choice
 differs from a GPU's in a way that matters at paper size: attention with dropout. CUDA's flash and
