@@ -56,16 +56,28 @@ def _grid_position(p, size0, size1, size2):
 
 
 @triton.jit
-def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, n_positions, channels, size0, size1, size2,
-                    sx_b, sx_0, sx_1, sx_2, so_b, so_0, so_1, so_2,
+def _input_at(x_base, branch_base, offset_x, offset_branch, mask, ADD_BRANCH: tl.constexpr,
+              SUM_ROUNDING: tl.constexpr):
+    # The convolution's input at some positions: x, or (kernels/peg_add_conv.py) x + branch rounded to
+    # the stream's dtype as the unfused add stores it.
+    x = tl.load(x_base + offset_x, mask=mask, other=0.0).to(tl.float32)
+    if ADD_BRANCH:
+        x = rounded(x + tl.load(branch_base + offset_branch, mask=mask, other=0.0).to(tl.float32), SUM_ROUNDING)
+    return x
+
+
+@triton.jit
+def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, BRANCH, SUM, n_positions, channels, size0, size1, size2,
+                    sx_b, sx_0, sx_1, sx_2, so_b, so_0, so_1, so_2, sbr_b, sbr_0, sbr_1, sbr_2,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROUNDING: tl.constexpr,
-                    WRITE_X_COPY: tl.constexpr):
+                    WRITE_X_COPY: tl.constexpr, ADD_BRANCH: tl.constexpr, SUM_ROUNDING: tl.constexpr):
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < n_positions
     c_ok = c < channels
     b, i0, i1, i2 = _grid_position(p, size0, size1, size2)
-    x_base = X + b * sx_b
+    x_base = X + b[:, None] * sx_b + c[None, :]
+    branch_base = BRANCH + b[:, None] * sbr_b + c[None, :]
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for k0 in tl.static_range(3):
         j0 = i0 + (k0 - 2)  # causal: j0 <= i0 < size0
@@ -74,25 +86,30 @@ def _peg_fwd_kernel(X, W, BIAS, OUT, X_COPY, n_positions, channels, size0, size1
             for k2 in tl.static_range(3):
                 j2 = i2 + (k2 - 1)
                 ok = p_ok & (j0 >= 0) & (j1 >= 0) & (j1 < size1) & (j2 >= 0) & (j2 < size2)
-                x = tl.load(x_base[:, None] + (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None] + c[None, :],
-                            mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+                x = _input_at(x_base, branch_base, (j0 * sx_0 + j1 * sx_1 + j2 * sx_2)[:, None],
+                              (j0 * sbr_0 + j1 * sbr_1 + j2 * sbr_2)[:, None], ok[:, None] & c_ok[None, :],
+                              ADD_BRANCH, SUM_ROUNDING)
                 w = tl.load(W + c * 27 + (k0 * 9 + k1 * 3 + k2), mask=c_ok, other=0.0).to(tl.float32)
                 acc += rounded(x, ROUNDING) * rounded(w, ROUNDING)[None, :]
     acc += rounded(tl.load(BIAS + c, mask=c_ok, other=0.0).to(tl.float32), ROUNDING)[None, :]
     mask = p_ok[:, None] & c_ok[None, :]
     out_offsets = (b * so_b + i0 * so_0 + i1 * so_1 + i2 * so_2)[:, None] + c[None, :]
     tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=mask)
-    if WRITE_X_COPY:  # x in the compute dtype, laid out as the output, for the backward
-        x = tl.load(x_base[:, None] + (i0 * sx_0 + i1 * sx_1 + i2 * sx_2)[:, None] + c[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-        tl.store(X_COPY + out_offsets, rounded(x, ROUNDING).to(X_COPY.dtype.element_ty), mask=mask)
+    if WRITE_X_COPY or ADD_BRANCH:
+        x = _input_at(x_base, branch_base, (i0 * sx_0 + i1 * sx_1 + i2 * sx_2)[:, None],
+                      (i0 * sbr_0 + i1 * sbr_1 + i2 * sbr_2)[:, None], mask, ADD_BRANCH, SUM_ROUNDING)
+        if ADD_BRANCH:  # the new residual stream, laid out as the output
+            tl.store(SUM + out_offsets, x.to(SUM.dtype.element_ty), mask=mask)
+        if WRITE_X_COPY:  # x in the compute dtype, laid out as the output, for the backward
+            tl.store(X_COPY + out_offsets, rounded(x, ROUNDING).to(X_COPY.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1, size2,
+def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, D_SUM, D_BRANCH, n_positions, channels, size0, size1, size2,
                     sd_b, sd_0, sd_1, sd_2, sx_b, sx_0, sx_1, sx_2, sdx_b, sdx_0, sdx_1, sdx_2,
+                    sds_b, sds_0, sds_1, sds_2, sdb_b, sdb_0, sdb_1, sdb_2,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, X_ROUNDING: tl.constexpr,
-                    ROUNDING: tl.constexpr):
+                    ROUNDING: tl.constexpr, ADD_D_SUM: tl.constexpr, WRITE_D_BRANCH: tl.constexpr):
     tile = tl.program_id(0)
     p = tile.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -126,9 +143,18 @@ def _peg_bwd_kernel(DOUT, X, W, DX, PARTIAL, n_positions, channels, size0, size1
                 tl.store(partial + (k0 * 9 + k1 * 3 + k2) * channels,
                          tl.sum(dout * rounded(x, X_ROUNDING), axis=0), mask=c_ok)
     tl.store(partial + 27 * channels, tl.sum(dout, axis=0), mask=c_ok)
+    mask = p_ok[:, None] & c_ok[None, :]
+    dx = rounded(dx, ROUNDING)
+    # The fused add's backward (kernels/peg_add_conv.py): the sum's other consumers' gradient joins the
+    # convolution's, and the branch receives the total in its own dtype.
+    if ADD_D_SUM:
+        dx += tl.load(D_SUM + (b * sds_b + i0 * sds_0 + i1 * sds_1 + i2 * sds_2)[:, None] + c[None, :], mask=mask,
+                      other=0.0).to(tl.float32)
     dx_offsets = (b * sdx_b + i0 * sdx_0 + i1 * sdx_1 + i2 * sdx_2)[:, None] + c[None, :]
-    tl.store(DX + dx_offsets, rounded(dx, ROUNDING).to(DX.dtype.element_ty),
-             mask=p_ok[:, None] & c_ok[None, :])
+    tl.store(DX + dx_offsets, dx.to(DX.dtype.element_ty), mask=mask)
+    if WRITE_D_BRANCH:
+        tl.store(D_BRANCH + (b * sdb_b + i0 * sdb_0 + i1 * sdb_1 + i2 * sdb_2)[:, None] + c[None, :],
+                 dx.to(D_BRANCH.dtype.element_ty), mask=mask)
 
 
 def _blocks(n_positions: int, channels: int, device: torch.device) -> tuple[int, int]:
@@ -161,6 +187,52 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = 
         check_float(bias, "PEG convolution bias")
 
 
+def launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
+                   copy: "torch.Tensor | None", compute_dtype: torch.dtype, branch: "torch.Tensor | None" = None,
+                   total: "torch.Tensor | None" = None, sum_dtype: torch.dtype = torch.float32) -> None:
+    """Fill out (and copy, x in `compute_dtype`, if given) with the convolution of x's grid, inputs
+    rounded to `compute_dtype`; with `branch`, of x + branch rounded to `sum_dtype`, which `total`
+    receives. out, copy and total are laid out alike (any grid strides; channels unit-stride, as x and
+    branch must be). Dtypes are passed, not read from the buffers: the interpreter's bf16 results are
+    written in fp32 (kernels._launch.output_buffer)."""
+    n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
+    if not (n_positions and channels):
+        return
+    block_p, block_c = _blocks(n_positions, channels, x.device)
+    # Absent tensors are never read or written (their flags are off); any pointer stands in for them.
+    _peg_fwd_kernel[(triton.cdiv(n_positions, block_p), triton.cdiv(channels, block_c))](
+        x, weight.contiguous(), bias, out, out if copy is None else copy, x if branch is None else branch,
+        out if total is None else total, n_positions, channels, *x.shape[1:4], *_grid_strides(x),
+        *_grid_strides(out), *_grid_strides(x if branch is None else branch), BLOCK_P=block_p,
+        BLOCK_C=block_c, ROUNDING=SUM_ROUNDING[compute_dtype], WRITE_X_COPY=copy is not None,
+        ADD_BRANCH=branch is not None, SUM_ROUNDING=SUM_ROUNDING[sum_dtype], num_warps=4)
+
+
+def launch_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor,
+                    x_rounding_dtype: torch.dtype, compute_dtype: torch.dtype,
+                    d_sum: "torch.Tensor | None" = None, d_branch: "torch.Tensor | None" = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill dx (the input's gradient, plus `d_sum` when given; written again into `d_branch` when given)
+    and return dw (C, 27) and dbias (C,) in fp32, rounded to `compute_dtype`."""
+    n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
+    if not (n_positions and channels):
+        return weight.new_zeros(weight.shape, dtype=torch.float32), weight.new_zeros(channels, dtype=torch.float32)
+    block_p, block_c = _blocks(n_positions, channels, x.device)
+    tiles = triton.cdiv(n_positions, block_p)
+    partial = torch.empty((tiles, TAPS + 1, channels), dtype=torch.float32, device=x.device)
+    _peg_bwd_kernel[(tiles, triton.cdiv(channels, block_c))](
+        dout, x, weight.contiguous(), dx, partial, dx if d_sum is None else d_sum,
+        dx if d_branch is None else d_branch, n_positions, channels, *x.shape[1:4], *_grid_strides(dout),
+        *_grid_strides(x), *_grid_strides(dx), *_grid_strides(dx if d_sum is None else d_sum),
+        *_grid_strides(dx if d_branch is None else d_branch), BLOCK_P=block_p, BLOCK_C=block_c,
+        X_ROUNDING=SUM_ROUNDING[x_rounding_dtype], ROUNDING=SUM_ROUNDING[compute_dtype],
+        ADD_D_SUM=d_sum is not None, WRITE_D_BRANCH=d_branch is not None, num_warps=8)
+    # Second stage of the reduction: a fixed-shape sum, so the result is bitwise reproducible. The
+    # parameters' gradients leave the convolution in its dtype, as the Conv3d path's do.
+    sums = partial.sum(0).to(compute_dtype).float()
+    return sums[:TAPS].t().contiguous(), sums[TAPS].clone()
+
+
 # Each launch is a torch custom op (see kernels/rmsnorm.py for why).
 @torch.library.custom_op("ctclip_kernels::peg_conv_forward", mutates_args=())
 def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
@@ -173,15 +245,9 @@ def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     # In x's memory order: the corrected temporal layout's grid is a permuted view of the tokens, and its
     # output then rearranges back to tokens as a view.
     out = output_buffer_like(x, out_dtype, INTERPRETED)
-    copy = (output_buffer_like(x, out_dtype, INTERPRETED) if write_x_copy
-            else x.new_empty(_NOTHING, dtype=out_dtype))
-    n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
-    if n_positions and channels:
-        block_p, block_c = _blocks(n_positions, channels, x.device)
-        _peg_fwd_kernel[(triton.cdiv(n_positions, block_p), triton.cdiv(channels, block_c))](
-            x, weight.contiguous(), bias, out, copy if write_x_copy else out, n_positions, channels,
-            *x.shape[1:4], *_grid_strides(x), *_grid_strides(out), BLOCK_P=block_p, BLOCK_C=block_c,
-            ROUNDING=SUM_ROUNDING[out_dtype], WRITE_X_COPY=write_x_copy, num_warps=4)
+    copy = output_buffer_like(x, out_dtype, INTERPRETED) if write_x_copy else None
+    launch_forward(x, weight, bias, out, copy, out_dtype)
+    copy = copy if write_x_copy else x.new_empty(_NOTHING, dtype=out_dtype)
     return out.to(out_dtype), copy.to(out_dtype)
 
 
@@ -207,21 +273,8 @@ def peg_conv_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     _check(x, weight)
     dout, x = _channels_unit_stride(dout), _channels_unit_stride(x)
     dx = output_buffer_like(x, dx_dtype, INTERPRETED)
-    n_positions, channels = x.numel() // max(x.shape[-1], 1), x.shape[-1]
-    if not (n_positions and channels):
-        return dx.to(dx_dtype), weight.new_zeros(weight.shape, dtype=torch.float32), \
-            weight.new_zeros(channels, dtype=torch.float32)
-    block_p, block_c = _blocks(n_positions, channels, x.device)
-    tiles = triton.cdiv(n_positions, block_p)
-    partial = torch.empty((tiles, TAPS + 1, channels), dtype=torch.float32, device=x.device)
-    _peg_bwd_kernel[(tiles, triton.cdiv(channels, block_c))](
-        dout, x, weight.contiguous(), dx, partial, n_positions, channels, *x.shape[1:4], *_grid_strides(dout),
-        *_grid_strides(x), *_grid_strides(dx), BLOCK_P=block_p, BLOCK_C=block_c,
-        X_ROUNDING=SUM_ROUNDING[x_rounding_dtype], ROUNDING=SUM_ROUNDING[compute_dtype], num_warps=8)
-    # Second stage of the reduction: a fixed-shape sum, so the result is bitwise reproducible. The
-    # parameters' gradients leave the convolution in its dtype, as the Conv3d path's do.
-    sums = partial.sum(0).to(compute_dtype).float()
-    return dx.to(dx_dtype), sums[:TAPS].t().contiguous(), sums[TAPS].clone()
+    dw, dbias = launch_backward(dout, x, weight, dx, x_rounding_dtype, compute_dtype)
+    return dx.to(dx_dtype), dw, dbias
 
 
 @peg_conv_backward.register_fake
@@ -229,7 +282,6 @@ def _(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, x_rounding_dtyp
       dx_dtype: torch.dtype, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return (torch.empty_like(x, dtype=dx_dtype), torch.empty_like(weight, dtype=torch.float32),
             weight.new_empty(x.shape[-1], dtype=torch.float32))
-
 
 def _conv_flops(x_shape) -> int:
     """As FlopCounterMode counts the depthwise Conv3d (2 * outputs * taps per channel), so FLOPs and
