@@ -69,7 +69,7 @@ def target_variants(dry_run: bool) -> list[Variant]:
     bias table): the fastest (Triton kernels for the norms with the residual adds before them, the gated
     MLP, the q/k norm + RoPE, the PEG's convolution, the patch norm and the VQ's nearest-code search in
     tf32, fused AdamW, and the VQ's EMA without its 55,296 x 8,192 one-hot; bench.roofline puts its eager
-    bound at 0.31x the faithful one on an H100), the leanest (plus checkpointing; bench.estimate predicts
+    bound at 0.30x the faithful one on an H100), the leanest (plus checkpointing; bench.estimate predicts
     0.23x the faithful peak), one without Triton that keeps CT-CLIP's learned bias through the
     memory-efficient kernel, and last (run if the budget allows) the three ladder steps before the
     fastest (bench.design.target_ladder), which isolate the patch-norm kernel, the PEG kernel (whose

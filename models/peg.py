@@ -14,6 +14,10 @@ The peg_impl axis: how the convolution runs. `conv3d` is upstream's: the channel
 (an fp32 copy of the stream), then `nn.Conv3d`, whose depthwise 5-D case has no cuDNN kernel on CUDA.
 `triton` computes the same on the (B, T, H, W, C) grid view in place, one kernel each way
 (kernels/peg_conv.py), with the same `conv` parameters, so state dicts interchange.
+
+`PEG.add_and_convolve(branch, x, grid)` is the layer's residual add followed by the PEG, for layers
+that leave their last add to the next layer (models/transformer.py): `conv3d` adds, then convolves;
+`triton` does both in the PEG's kernels (kernels/peg_add_conv.py), the same numbers in fewer passes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from models.registry import Registry
 Grid = tuple[int, int, int, int]  # (batch, depth, height, width) of the token grid
 # (grid (B, T, H, W, C) view, the Conv3d holding the parameters) -> the convolved grid, same layout.
 PEG_IMPLS: Registry[Callable[[torch.Tensor, nn.Conv3d], torch.Tensor]] = Registry("peg_impl")
+# The same axis with the residual add before the PEG: (x grid, branch grid, conv) -> (x + branch, conv of it).
+PEG_ADD_IMPLS: Registry[Callable[[torch.Tensor, torch.Tensor, nn.Conv3d], tuple[torch.Tensor, torch.Tensor]]] = \
+    Registry("peg_impl (with the residual add)")
 
 
 @PEG_IMPLS.register("conv3d")
@@ -50,6 +57,20 @@ def triton(grid: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     return triton_peg_conv(grid, conv.weight, conv.bias)
 
 
+@PEG_ADD_IMPLS.register("conv3d")
+def add_then_conv3d(grid: torch.Tensor, branch: torch.Tensor, conv: nn.Conv3d) -> tuple[torch.Tensor, torch.Tensor]:
+    total = grid + branch
+    return total, conv3d(total, conv)
+
+
+@PEG_ADD_IMPLS.register("triton", supports=_kernels_reason)
+def triton_add(grid: torch.Tensor, branch: torch.Tensor, conv: nn.Conv3d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The add in the PEG's Triton kernels: they write the sum and convolve it, and sum its gradients."""
+    from kernels.peg_add_conv import triton_peg_add_conv
+
+    return triton_peg_add_conv(grid, branch, conv.weight, conv.bias)
+
+
 class PEG(nn.Module):
     def __init__(self, dim: int, stage: str, layout: str, impl: str = "conv3d") -> None:
         super().__init__()
@@ -58,6 +79,7 @@ class PEG(nn.Module):
         self.stage = stage
         self.layout = layout
         self._convolve = PEG_IMPLS.get(impl).impl
+        self._add_and_convolve = PEG_ADD_IMPLS.get(impl).impl
         self.conv = nn.Conv3d(dim, dim, kernel_size=3, groups=dim)
 
     def _to_grid(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -73,3 +95,9 @@ class PEG(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         return self._from_grid(self._convolve(self._to_grid(x, grid), self.conv), x)
+
+    def add_and_convolve(self, branch: torch.Tensor, x: torch.Tensor, grid: Grid
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + branch, the PEG of that sum), both laid out as x."""
+        total, out = self._add_and_convolve(self._to_grid(x, grid), self._to_grid(branch, grid), self.conv)
+        return self._from_grid(total, x), self._from_grid(out, x)

@@ -42,21 +42,31 @@ class Layer(nn.Module):
         self.ff = FeedForward(dim, ff_inner, variant.norm, variant.mlp)
         self.fused_add_norm = fuses_residual_add(self.attn.norm) and fuses_residual_add(self.ff.norm)
 
-    def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None",
+                branch: "torch.Tensor | None" = None):
+        """The layer's output x; for layers that fuse the residual adds (`fused_add_norm`), the pair
+        (x, branch) whose sum is that output, and `branch` is the previous such layer's."""
         if self.fused_add_norm:
-            return self._forward_fused_add_norm(x, grid, position)
+            return self._forward_fused_add_norm(x, grid, position, branch)
+        if branch is not None:
+            raise ValueError("only layers that fuse the residual adds take the previous layer's branch")
         x = self.peg(x, grid) + x
         x = self.attn(x, position) + x
         return self.ff(x) + x
 
-    def _forward_fused_add_norm(self, x: torch.Tensor, grid: Grid,
-                                position: "SpatialPosition | None") -> torch.Tensor:
-        # The same computation with each add that precedes a norm taken into that norm's kernel, which
-        # also writes the stream in the matmul dtype for K/V (kernels/add_rmsnorm.py). The last add feeds
-        # the next layer's PEG convolution, not a norm, and stays as it is.
-        x, q_input, kv_input = self.attn.norm.add_and_norm(self.peg(x, grid), x, sum_copy=True)
+    def _forward_fused_add_norm(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None",
+                                branch: "torch.Tensor | None") -> tuple[torch.Tensor, torch.Tensor]:
+        # The same computation with each add taken into the kernel of what reads the sum next: the
+        # previous layer's last add into this PEG (kernels/peg_add_conv.py), the two adds that precede a
+        # norm into that norm, which also writes the stream in the matmul dtype for K/V
+        # (kernels/add_rmsnorm.py). This layer's last add is left to the next layer's PEG, or to the stage.
+        if branch is None:
+            peg_out = self.peg(x, grid)
+        else:
+            x, peg_out = self.peg.add_and_convolve(branch, x, grid)
+        x, q_input, kv_input = self.attn.norm.add_and_norm(peg_out, x, sum_copy=True)
         x, ff_input, _ = self.ff.norm.add_and_norm(self.attn.attend(q_input, kv_input, position), x)
-        return self.ff.transform(ff_input) + x
+        return x, self.ff.transform(ff_input)
 
 
 class Transformer(nn.Module):
@@ -70,7 +80,19 @@ class Transformer(nn.Module):
         self.checkpoint_context_fn = noop_context_fn
 
     def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None" = None) -> torch.Tensor:
+        if not all(layer.fused_add_norm for layer in self.layers):
+            for layer in self.layers:
+                x = maybe_checkpointed(self.checkpointing, layer, x, grid, position,
+                                       context_fn=self.checkpoint_context_fn)
+            return self.norm_out(x)
+        # Each layer hands its last residual add to the next layer's PEG; the stage does the final one
+        # (the output norm keeps the stream's dtype, which the fused add-norm would not). Checkpointed, a
+        # layer keeps its inputs for the recomputation: the stream alone costs less than the stream and
+        # the branch (0.3 GiB at paper size), so there the add runs between the layers.
+        branch = None
         for layer in self.layers:
-            x = maybe_checkpointed(self.checkpointing, layer, x, grid, position,
-                                   context_fn=self.checkpoint_context_fn)
-        return self.norm_out(x)
+            x, branch = maybe_checkpointed(self.checkpointing, layer, x, grid, position, branch,
+                                           context_fn=self.checkpoint_context_fn)
+            if self.checkpointing:
+                x, branch = x + branch, None
+        return self.norm_out(x + branch if branch is not None else x)

@@ -43,12 +43,14 @@ def test_triton_switches_match_pytorch_switches(mlp, module):
     assert_same_training_signal(loss, grads, loss_ref, grads_ref)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fused_residual_add_matches_the_unfused_triton_norm(precision, monkeypatch):
-    # The same computation with the adds moved into the norms' kernel, so the same loss and gradients;
-    # in bf16 (a bf16 residual stream under the CPU's autocast) the kernel rounds as the unfused stores do.
+@pytest.mark.parametrize("precision, peg_impl", [("fp32", "conv3d"), ("bf16", "conv3d"), ("fp32", "triton"),
+                                                ("bf16", "triton")])
+def test_fused_residual_add_matches_the_unfused_triton_norm(precision, peg_impl, monkeypatch):
+    # The same computation with the adds moved into the norms' kernel (and, with the Triton PEG, each
+    # layer's last add into the next layer's PEG kernel), so the same loss and gradients; in bf16 (a bf16
+    # residual stream under the CPU's autocast) the kernels round as the unfused stores do.
     reference_variant = models.Variant.modern().replace(norm="rmsnorm_triton", attention="math",
-                                                        precision=precision)
+                                                        precision=precision, peg_impl=peg_impl)
     reference = models.build(reference_variant, "tiny", device=DEVICE)
     model = models.build(reference_variant.replace(norm="add_rmsnorm_triton"), "tiny", device=DEVICE)
     model.load_state_dict(reference.state_dict())
@@ -61,10 +63,18 @@ def test_fused_residual_add_matches_the_unfused_triton_norm(precision, monkeypat
     original = TritonAddRMSNorm.add_and_norm
     monkeypatch.setattr(TritonAddRMSNorm, "add_and_norm",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    peg_adds = []
+    from kernels import peg_add_conv
+
+    original_peg_add = peg_add_conv.triton_peg_add_conv
+    monkeypatch.setattr(peg_add_conv, "triton_peg_add_conv",
+                        lambda *a: peg_adds.append(1) or original_peg_add(*a))
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
         loss, grads = loss_and_grads(model, batch)
     monkeypatch.undo()
     assert len(calls) == 2 * len(layers)  # two fused adds per layer, each in the training step
+    # Every layer but each stage's first takes the previous layer's last add into its PEG kernel.
+    assert len(peg_adds) == (len(layers) - 2 if peg_impl == "triton" else 0)
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
         loss_ref, grads_ref = loss_and_grads(reference, batch)
     if precision == "fp32":
@@ -162,6 +172,24 @@ def test_triton_patch_norm_matches_the_eager_patch_embedding(precision):
     assert_fa_rule(loss, loss_ref, loss_exact, "loss")
     for name, grad in grads.items():
         assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
+
+
+def test_checkpointed_fastest_candidate_trains_as_the_plain_one():
+    # Checkpointed, the layers with every add fused finish their last add between them (a checkpointed
+    # layer keeps its inputs: one stream costs less than a stream and a branch); unchecked, the next
+    # PEG kernel takes it. Same roundings either way, so under autocast the same loss and gradients.
+    from bench.design import fastest_candidate
+
+    variant = fastest_candidate().replace(attention="math", precision="bf16")
+    plain = models.build(variant, "tiny", device=DEVICE)
+    checkpointed = models.build(variant.replace(checkpointing=True), "tiny", device=DEVICE)
+    checkpointed.load_state_dict(plain.state_dict())
+    batch = models.example_batch("tiny", device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss, grads = loss_and_grads(plain, batch)
+        loss_ckpt, grads_ckpt = loss_and_grads(checkpointed, batch)
+    assert torch.equal(loss, loss_ckpt)
+    assert all(torch.equal(grads[name], grads_ckpt[name]) for name in grads)
 
 
 def assert_same_training_signal(loss, grads, loss_ref, grads_ref) -> None:
