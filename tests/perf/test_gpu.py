@@ -239,6 +239,50 @@ def test_peg_conv_fwd_bwd_model_shape(benchmark, provider):
                                 channels=size.dim, dtype="fp32 stream, bf16 autocast")
 
 
+@pytest.mark.parametrize("provider", ["fused", "unfused"])
+def test_peg_add_conv_fwd_bwd_model_shape(benchmark, provider):
+    """A layer's last residual add (fp32 stream + bf16 FF output) and the next PEG at the paper grid under
+    bf16 autocast, with the sum also read downstream (as the next norm reads it): the add taken into the
+    PEG kernels (kernels/peg_add_conv.py) against the add followed by the Triton PEG."""
+    from kernels import supports as kernel_supports
+    from models.peg import PEG_ADD_IMPLS, PEG_IMPLS
+
+    device = torch.device("cuda")
+    if reason := kernel_supports(device):
+        pytest.skip(reason)
+    size = SIZES["paper"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (size.batch, *size.grid, size.dim)
+    x = torch.randn(shape, generator=gen, device=device).requires_grad_(True)
+    branch = torch.randn(shape, generator=gen, device=device).bfloat16().requires_grad_(True)
+    d_sum = torch.randn(shape, generator=gen, device=device)
+    dout = torch.randn(shape, generator=gen, device=device).bfloat16()
+    conv = torch.nn.Conv3d(size.dim, size.dim, 3, groups=size.dim).to(device)
+    fused = PEG_ADD_IMPLS.get("triton").impl
+
+    def unfused(grid, br, module):
+        total = grid + br
+        return total, PEG_IMPLS.get("triton").impl(total, module)
+
+    add_and_convolve = fused if provider == "fused" else unfused
+
+    # Correctness first: the fused path computes what the unfused one does (the same roundings and sums).
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        got, expected = fused(x, branch, conv), unfused(x, branch, conv)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.float(), e.float(), rtol=1e-2, atol=1e-2)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            total, out = add_and_convolve(x, branch, conv)
+        torch.autograd.backward([total, out], [d_sum, dout])
+
+    measure_cuda(benchmark, step, setup=lambda: clear_grads(x, branch, *conv.parameters()), rounds=5,
+                 warmup_rounds=2)
+    benchmark.extra_info.update(kernel="peg_add_conv", provider=provider, grid=[size.batch, *size.grid],
+                                channels=size.dim, dtype="fp32 stream + bf16 branch, bf16 autocast")
+
+
 @pytest.mark.parametrize("provider", ["triton", "eager"])
 def test_patch_norm_fwd_bwd_paper_shape(benchmark, provider):
     """The paper's patch embedding input (a 4 x 1 x 240 x 480 x 480 fp32 volume cut into 10 x 20 x 20
