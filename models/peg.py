@@ -35,9 +35,9 @@ from models.registry import Registry
 Grid = tuple[int, int, int, int]  # (batch, depth, height, width) of the token grid
 # (grid (B, T, H, W, C) view, the Conv3d holding the parameters) -> the convolved grid, same layout.
 PEG_IMPLS: Registry[Callable[[torch.Tensor, nn.Conv3d], torch.Tensor]] = Registry("peg_impl")
-# The same axis with the residual add before the PEG: (x grid, branch grid, conv) -> (x + branch, conv of it).
-PEG_ADD_IMPLS: Registry[Callable[[torch.Tensor, torch.Tensor, nn.Conv3d], tuple[torch.Tensor, torch.Tensor]]] = \
-    Registry("peg_impl (with the residual add)")
+# The same axis with the residual add before the PEG: (x grid, branch grid, conv) -> (x + branch, its PEG).
+AddThenConvolve = Callable[[torch.Tensor, torch.Tensor, nn.Conv3d], tuple[torch.Tensor, torch.Tensor]]
+PEG_ADD_IMPLS: Registry[AddThenConvolve] = Registry("peg_impl (with the residual add)")
 
 
 @PEG_IMPLS.register("conv3d")
@@ -58,7 +58,8 @@ def triton(grid: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
 
 
 @PEG_ADD_IMPLS.register("conv3d")
-def add_then_conv3d(grid: torch.Tensor, branch: torch.Tensor, conv: nn.Conv3d) -> tuple[torch.Tensor, torch.Tensor]:
+def add_then_conv3d(grid: torch.Tensor, branch: torch.Tensor, conv: nn.Conv3d
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     total = grid + branch
     return total, conv3d(total, conv)
 
