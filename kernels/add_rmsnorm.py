@@ -142,22 +142,25 @@ class TritonAddRMSNorm(TritonRMSNorm):
 
     `add_and_norm(branch, residual)` returns (s, y, s_copy): s = residual + branch, the new residual
     stream; y = RMSNorm(s) in the dtype the next matmul computes in (autocast's, when autocast is on
-    for the device, else s's); s_copy = s in that dtype when `sum_copy` (None otherwise, and s itself
-    when that dtype is s's). Only for norms whose output feeds a matmul.
+    for the device, else s's), or in `out_dtype` when given (a stage's output norm keeps the stream's
+    dtype, as the plain forward does); s_copy = s in y's dtype when `sum_copy` (None otherwise, and s
+    itself when that dtype is s's).
     """
 
     def __init__(self, dim: int, eps: float = 1e-6, device: "torch.device | str | None" = None,
                  dtype: "torch.dtype | None" = None) -> None:
         super().__init__(dim, eps=eps, eps_placement="inside", device=device, dtype=dtype)
 
-    def add_and_norm(self, branch: torch.Tensor, residual: torch.Tensor, sum_copy: bool = False
+    def add_and_norm(self, branch: torch.Tensor, residual: torch.Tensor, sum_copy: bool = False,
+                     out_dtype: Optional[torch.dtype] = None
                      ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         if residual.shape[-1] != self.normalized_shape[0]:
             raise ValueError(f"TritonAddRMSNorm({self.normalized_shape[0]}) got input of shape "
                              f"{tuple(residual.shape)}")
         device = residual.device.type
         sum_dtype = torch.promote_types(branch.dtype, residual.dtype)
-        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sum_dtype
+        if out_dtype is None:
+            out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sum_dtype
         write_copy = sum_copy and out_dtype != sum_dtype
         total, y, copy = TritonAddRMSNormFunction.apply(branch, residual, self.weight, self.eps, out_dtype,
                                                         write_copy)

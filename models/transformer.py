@@ -85,14 +85,18 @@ class Transformer(nn.Module):
                 x = maybe_checkpointed(self.checkpointing, layer, x, grid, position,
                                        context_fn=self.checkpoint_context_fn)
             return self.norm_out(x)
-        # Each layer hands its last residual add to the next layer's PEG; the stage does the final one
-        # (the output norm keeps the stream's dtype, which the fused add-norm would not). Checkpointed, a
-        # layer keeps its inputs for the recomputation: the stream alone costs less than the stream and
-        # the branch (0.3 GiB at paper size), so there the add runs between the layers.
+        # Each layer hands its last residual add to the next layer's PEG, and the last layer's goes into
+        # the output norm, which keeps the stream's dtype. Checkpointed, a layer keeps its inputs for the
+        # recomputation: the stream alone costs less than the stream and the branch (0.3 GiB at paper
+        # size), so there the add runs between the layers.
         branch = None
         for layer in self.layers:
             x, branch = maybe_checkpointed(self.checkpointing, layer, x, grid, position, branch,
                                            context_fn=self.checkpoint_context_fn)
             if self.checkpointing:
                 x, branch = x + branch, None
-        return self.norm_out(x + branch if branch is not None else x)
+        if branch is None:
+            return self.norm_out(x)
+        if fuses_residual_add(self.norm_out):
+            return self.norm_out.add_and_norm(branch, x, out_dtype=torch.promote_types(x.dtype, branch.dtype))[1]
+        return self.norm_out(x + branch)

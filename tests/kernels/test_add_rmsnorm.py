@@ -140,6 +140,28 @@ def test_unused_outputs_contribute_no_gradient():
     assert torch.equal(leaves[1].grad, leaves[0].grad)
 
 
+def test_an_output_norm_keeps_the_stream_dtype_under_autocast():
+    # A stage's output norm (models/transformer.py) feeds the next stage's stream, not a matmul: with
+    # out_dtype the fp32 stream's, y is what the plain Triton norm gives on the unfused sum, bit for bit,
+    # and the bf16 branch's gradient is the stream's cast once, as autograd's add would cast it.
+    from kernels import TritonRMSNorm
+
+    residual, branch, _, _, dy, _ = make_inputs((9, 100), seed=4)
+    module = TritonAddRMSNorm(100, eps=EPS).to(DEVICE)
+    plain = TritonRMSNorm(100, eps=EPS).to(DEVICE)
+    leaves = [residual.float().requires_grad_(True), branch.bfloat16().requires_grad_(True)]
+    expected = [t.detach().clone().requires_grad_(True) for t in leaves]
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        _, y, _ = module.add_and_norm(leaves[1], leaves[0], out_dtype=torch.float32)
+        y_plain = plain(expected[0] + expected[1])
+    assert y.dtype == y_plain.dtype == torch.float32 and torch.equal(y, y_plain)
+    (y * dy.float()).sum().backward()
+    (y_plain * dy.float()).sum().backward()
+    for got, want in zip(leaves, expected):
+        assert got.grad.dtype == want.grad.dtype and torch.equal(got.grad, want.grad)
+    assert torch.equal(module.weight.grad, plain.weight.grad)
+
+
 def test_bad_arguments_are_named():
     module = TritonAddRMSNorm(8).to(DEVICE)
     with pytest.raises(ValueError, match="differ in shape"):
