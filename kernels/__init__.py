@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 __all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU",
-           "nearest_code", "supports", "triton_peg_conv"]
+           "nearest_code", "supports", "triton_patch_layer_norm", "triton_peg_add_conv", "triton_peg_conv"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
@@ -38,9 +38,11 @@ _LAZY = {
     "TritonQKNormRope": "kernels.qknorm_rope",
     "nearest_code": "kernels.vq_nearest",
     "triton_peg_conv": "kernels.peg_conv",
+    "triton_peg_add_conv": "kernels.peg_add_conv",
+    "triton_patch_layer_norm": "kernels.patch_norm",
 }
 _KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
-                   "kernels.vq_nearest", "kernels.peg_conv")
+                   "kernels.vq_nearest", "kernels.peg_conv", "kernels.peg_add_conv", "kernels.patch_norm")
 
 
 def _interpret_env() -> bool:

@@ -49,6 +49,15 @@ def test_interpreted_kernels_run_on_cpu_in_a_fresh_process():
     assert out == "None (3, 8)"
 
 
+def test_every_kernel_module_is_lazy_and_says_how_it_was_defined():
+    # supports('cpu') reads INTERPRETED from each loaded kernel module: every module the models use must
+    # be listed, and every public name must load.
+    out = python("import kernels, sys; names = [getattr(kernels, n) for n in kernels.__all__]; "
+                 "print(sorted(m for m in sys.modules if m.startswith('kernels.') and m != 'kernels._launch' "
+                 "and m not in kernels._KERNEL_MODULES))", interpret="1")
+    assert out == "[]"
+
+
 def test_importing_kernels_without_triton_gives_a_reason_not_an_error():
     # sys.modules[name] = None makes `import name` fail as if the package were not installed.
     code = ("import sys; sys.modules['triton'] = None; import kernels; print(kernels.supports('cpu')); "
