@@ -45,6 +45,14 @@ def persistent_programs(device: torch.device, n_tiles: int) -> int:
     return max(1, min(n_tiles, 4))
 
 
+def persistent_tiling(device: torch.device, n_tiles: int) -> tuple[int, int]:
+    """(tiles per program, programs) for a grid-stride backward over `n_tiles` row tiles. The tiles per
+    program are rounded to a power of two: the kernels take them as a constexpr trip count (the
+    interpreter cannot loop to a runtime bound), so a handful of variants compile at most."""
+    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(device, n_tiles)))
+    return tiles_per_program, triton.cdiv(n_tiles, tiles_per_program)
+
+
 def as_rows(x: torch.Tensor, width: int) -> torch.Tensor:
     """`x` as a [rows, width] tensor whose last dimension is unit-stride (a view when possible).
 

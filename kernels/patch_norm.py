@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from kernels._launch import (MAX_ROW_WIDTH, as_rows, check_float, interpreting, next_pow2, num_warps,
-                             output_buffer, persistent_programs, rows_per_tile)
+                             output_buffer, persistent_tiling, rows_per_tile)
 
 # Whether the kernels below were defined for the interpreter (read by kernels.supports).
 INTERPRETED = interpreting()
@@ -207,9 +207,7 @@ def patch_layer_norm_backward(dy: torch.Tensor, volume: torch.Tensor, weight: to
     block_n = next_pow2(n_cols)
     block_m = rows_per_tile(block_n, n_rows)
     n_tiles = triton.cdiv(n_rows, block_m)
-    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
-    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(volume.device, n_tiles)))
-    programs = triton.cdiv(n_tiles, tiles_per_program)
+    tiles_per_program, programs = persistent_tiling(volume.device, n_tiles)
     partial = torch.empty((programs, 2, n_cols), dtype=torch.float32, device=volume.device)
     _patch_ln_bwd_kernel[(programs,)](
         dy2, volume, weight.contiguous(), mean, rstd, dx, partial, dy2.stride(0), n_rows, n_cols, *grid[1:4],

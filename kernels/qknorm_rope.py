@@ -47,7 +47,7 @@ import triton.language as tl
 from torch import nn
 
 from kernels._launch import (check_float, interpreting, next_pow2, num_warps, output_buffer,
-                             persistent_programs, rows_per_tile)
+                             persistent_tiling, rows_per_tile)
 
 # Whether the kernels below were defined for the interpreter (read by kernels.supports).
 INTERPRETED = interpreting()
@@ -275,9 +275,7 @@ def qk_norm_rope_backward(dout: torch.Tensor, t: torch.Tensor, scale: torch.Tens
     cos_arg, sin_arg = (cos.contiguous(), sin.contiguous()) if rope else (r, r)
     block_m, block_h = _blocks(n_rows, dim)
     n_tiles = triton.cdiv(n_rows, block_m)
-    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
-    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(t.device, n_tiles)))
-    programs = triton.cdiv(n_tiles, tiles_per_program)
+    tiles_per_program, programs = persistent_tiling(t.device, n_tiles)
     partial = torch.empty((programs, dim), dtype=torch.float32, device=t.device)
     _qk_norm_rope_bwd_kernel[(programs,)](
         dout, t, scale.contiguous(), r, cos_arg, sin_arg, dt, partial,

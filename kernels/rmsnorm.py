@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import nn
 
 from kernels._launch import (MAX_ROW_WIDTH, as_rows, check_float, interpreting, next_pow2, num_warps,
-                             output_buffer, persistent_programs, rows_per_tile)
+                             output_buffer, persistent_tiling, rows_per_tile)
 
 # Whether the kernels below were defined for the interpreter (read by kernels.supports).
 INTERPRETED = interpreting()
@@ -191,9 +191,7 @@ def launch_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, r
     block_n = _block_n(n_cols)
     block_m = rows_per_tile(block_n, n_rows)
     n_tiles = triton.cdiv(n_rows, block_m)
-    # Rounded to a power of two so that the constexpr trip count compiles a handful of variants at most.
-    tiles_per_program = next_pow2(triton.cdiv(n_tiles, persistent_programs(x2.device, n_tiles)))
-    programs = triton.cdiv(n_tiles, tiles_per_program)
+    tiles_per_program, programs = persistent_tiling(x2.device, n_tiles)
     dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
     _rmsnorm_bwd_kernel[(programs,)](
         dy2, x2, weight.contiguous(), r, dx, dw_partial, dy2 if d_sum2 is None else d_sum2,
