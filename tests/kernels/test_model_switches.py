@@ -131,23 +131,8 @@ def test_triton_peg_matches_the_conv3d_peg(peg_layout, precision):
     # order, so each gradient meets FlashAttention's rule against the fp32 model.
     reference_variant = models.Variant.modern().replace(attention="math", peg_layout=peg_layout,
                                                         precision=precision)
-    reference = models.build(reference_variant, "tiny", device=DEVICE)
-    model = models.build(reference_variant.replace(peg_impl="triton"), "tiny", device=DEVICE)
-    model.load_state_dict(reference.state_dict())
-    batch = models.example_batch("tiny", device=DEVICE)
-    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        loss, grads = loss_and_grads(model, batch)
-        loss_ref, grads_ref = loss_and_grads(reference, batch)
+    grads = assert_switch_keeps_the_training_signal(reference_variant, peg_impl="triton")
     assert any(".peg.conv.weight" in name for name in grads)
-    if precision == "fp32":
-        assert_same_training_signal(loss, grads, loss_ref, grads_ref)
-        return
-    exact = models.build(reference_variant.replace(precision="fp32"), "tiny", device=DEVICE)
-    exact.load_state_dict(reference.state_dict())
-    loss_exact, grads_exact = loss_and_grads(exact, batch)
-    assert_fa_rule(loss, loss_ref, loss_exact, "loss")
-    for name, grad in grads.items():
-        assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -156,23 +141,8 @@ def test_triton_patch_norm_matches_the_eager_patch_embedding(precision):
     # autocast both write the same once-rounded bf16 patches, so each gradient meets FlashAttention's rule
     # against the fp32 model.
     reference_variant = models.Variant.modern().replace(attention="math", precision=precision)
-    reference = models.build(reference_variant, "tiny", device=DEVICE)
-    model = models.build(reference_variant.replace(patch_embed="triton"), "tiny", device=DEVICE)
-    model.load_state_dict(reference.state_dict())
-    batch = models.example_batch("tiny", device=DEVICE)
-    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        loss, grads = loss_and_grads(model, batch)
-        loss_ref, grads_ref = loss_and_grads(reference, batch)
+    grads = assert_switch_keeps_the_training_signal(reference_variant, patch_embed="triton")
     assert grads["visual_encoder.patch_embed.norm_in.weight"].abs().sum() > 0
-    if precision == "fp32":
-        assert_same_training_signal(loss, grads, loss_ref, grads_ref)
-        return
-    exact = models.build(reference_variant.replace(precision="fp32"), "tiny", device=DEVICE)
-    exact.load_state_dict(reference.state_dict())
-    loss_exact, grads_exact = loss_and_grads(exact, batch)
-    assert_fa_rule(loss, loss_ref, loss_exact, "loss")
-    for name, grad in grads.items():
-        assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
 
 
 def test_checkpointed_fastest_candidate_trains_as_the_plain_one():
@@ -191,6 +161,31 @@ def test_checkpointed_fastest_candidate_trains_as_the_plain_one():
         loss_ckpt, grads_ckpt = loss_and_grads(checkpointed, batch)
     assert torch.equal(loss, loss_ckpt)
     assert all(torch.equal(grads[name], grads_ckpt[name]) for name in grads)
+
+
+def assert_switch_keeps_the_training_signal(reference_variant, **switch) -> dict:
+    """The tiny model with `switch` against `reference_variant` (same weights, same batch): in fp32 the
+    same loss and gradients; under bf16 autocast (both compute in bf16 and sum in fp32 in their own
+    order) the loss and each gradient meet FlashAttention's rule against the fp32 model. Returns the
+    switched model's gradients."""
+    reference = models.build(reference_variant, "tiny", device=DEVICE)
+    model = models.build(reference_variant.replace(**switch), "tiny", device=DEVICE)
+    model.load_state_dict(reference.state_dict())
+    batch = models.example_batch("tiny", device=DEVICE)
+    autocast = reference_variant.precision == "bf16"
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        loss, grads = loss_and_grads(model, batch)
+        loss_ref, grads_ref = loss_and_grads(reference, batch)
+    if not autocast:
+        assert_same_training_signal(loss, grads, loss_ref, grads_ref)
+        return grads
+    exact = models.build(reference_variant.replace(precision="fp32"), "tiny", device=DEVICE)
+    exact.load_state_dict(reference.state_dict())
+    loss_exact, grads_exact = loss_and_grads(exact, batch)
+    assert_fa_rule(loss, loss_ref, loss_exact, "loss")
+    for name, grad in grads.items():
+        assert_fa_rule(grad, grads_ref[name], grads_exact[name], name)
+    return grads
 
 
 def assert_same_training_signal(loss, grads, loss_ref, grads_ref) -> None:
