@@ -71,6 +71,13 @@ def check_float(x: torch.Tensor, what: str) -> None:
         raise TypeError(f"{what} must be float32, float16 or bfloat16, got {x.dtype}")
 
 
+def check_branch(branch: torch.Tensor, residual: torch.Tensor, what: str) -> None:
+    """A residual add's branch: a float tensor of the residual's shape (the fused-add kernels' check)."""
+    check_float(branch, what)
+    if branch.shape != residual.shape:
+        raise ValueError(f"branch {tuple(branch.shape)} and residual {tuple(residual.shape)} differ in shape")
+
+
 def output_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
                   interpreted: bool) -> torch.Tensor:
     """Where a kernel writes a result of `dtype`; pass it through `.to(dtype)` afterwards.

@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from kernels._launch import as_rows, check_float, output_buffer
+from kernels._launch import as_rows, check_branch, output_buffer
 from kernels.rmsnorm import (INTERPRETED, TritonRMSNorm, check_rmsnorm_arguments, launch_backward,
                              launch_forward)
 
@@ -42,9 +42,7 @@ _NOTHING = (0,)
 
 def _check(branch: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> None:
     check_rmsnorm_arguments(residual, weight)
-    check_float(branch, "fused add-RMSNorm branch")
-    if branch.shape != residual.shape:
-        raise ValueError(f"branch {tuple(branch.shape)} and residual {tuple(residual.shape)} differ in shape")
+    check_branch(branch, residual, "fused add-RMSNorm branch")
 
 
 @torch.library.custom_op("ctclip_kernels::add_rmsnorm_forward", mutates_args=())

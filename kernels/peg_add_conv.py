@@ -24,18 +24,12 @@ from typing import Optional
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels._launch import check_float, output_buffer_like
+from kernels._launch import check_branch, output_buffer_like
 from kernels.peg_conv import (INTERPRETED, TAPS, _channels_unit_stride, _check, _conv_flops, launch_backward,
                               launch_forward)
 
 # An output the caller did not ask for (custom ops cannot return None).
 _NOTHING = (0,)
-
-
-def _check_branch(x: torch.Tensor, branch: torch.Tensor) -> None:
-    check_float(branch, "PEG add branch")
-    if branch.shape != x.shape:
-        raise ValueError(f"branch {tuple(branch.shape)} and residual {tuple(x.shape)} differ in shape")
 
 
 @torch.library.custom_op("ctclip_kernels::peg_add_conv_forward", mutates_args=())
@@ -45,7 +39,7 @@ def peg_add_conv_forward(x: torch.Tensor, branch: torch.Tensor, weight: torch.Te
     """(s, out, s_copy) for (B, T, H, W, C) grids x and branch: s = x + branch in their promoted dtype,
     out its convolution in `out_dtype`, s_copy s in `out_dtype` (for the backward) or empty."""
     _check(x, weight, bias)
-    _check_branch(x, branch)
+    check_branch(branch, x, "PEG add branch")
     x, branch = _channels_unit_stride(x), _channels_unit_stride(branch)
     sum_dtype = torch.promote_types(x.dtype, branch.dtype)
     total = output_buffer_like(x, sum_dtype, INTERPRETED)
@@ -60,7 +54,7 @@ def peg_add_conv_forward(x: torch.Tensor, branch: torch.Tensor, weight: torch.Te
 def _(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
       write_sum_copy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, weight, bias)
-    _check_branch(x, branch)
+    check_branch(branch, x, "PEG add branch")
     sum_dtype = torch.promote_types(x.dtype, branch.dtype)
     copy = torch.empty_like(x, dtype=out_dtype) if write_sum_copy else x.new_empty(_NOTHING, dtype=out_dtype)
     return torch.empty_like(x, dtype=sum_dtype), torch.empty_like(x, dtype=out_dtype), copy
