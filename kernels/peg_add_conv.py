@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from kernels._launch import check_branch, output_buffer_like
-from kernels.peg_conv import (INTERPRETED, TAPS, _channels_unit_stride, _check, _conv_flops, launch_backward,
+from kernels.peg_conv import (INTERPRETED, TAPS, channels_unit_stride, check_peg_arguments, conv_flops, launch_backward,
                               launch_forward)
 
 # An output the caller did not ask for (custom ops cannot return None).
@@ -38,9 +38,9 @@ def peg_add_conv_forward(x: torch.Tensor, branch: torch.Tensor, weight: torch.Te
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, out, s_copy) for (B, T, H, W, C) grids x and branch: s = x + branch in their promoted dtype,
     out its convolution in `out_dtype`, s_copy s in `out_dtype` (for the backward) or empty."""
-    _check(x, weight, bias)
+    check_peg_arguments(x, weight, bias)
     check_branch(branch, x, "PEG add branch")
-    x, branch = _channels_unit_stride(x), _channels_unit_stride(branch)
+    x, branch = channels_unit_stride(x), channels_unit_stride(branch)
     sum_dtype = torch.promote_types(x.dtype, branch.dtype)
     total = output_buffer_like(x, sum_dtype, INTERPRETED)
     out = output_buffer_like(x, out_dtype, INTERPRETED)
@@ -53,7 +53,7 @@ def peg_add_conv_forward(x: torch.Tensor, branch: torch.Tensor, weight: torch.Te
 @peg_add_conv_forward.register_fake
 def _(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
       write_sum_copy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check(x, weight, bias)
+    check_peg_arguments(x, weight, bias)
     check_branch(branch, x, "PEG add branch")
     sum_dtype = torch.promote_types(x.dtype, branch.dtype)
     copy = torch.empty_like(x, dtype=out_dtype) if write_sum_copy else x.new_empty(_NOTHING, dtype=out_dtype)
@@ -68,9 +68,9 @@ def peg_add_conv_backward(dout: torch.Tensor, d_sum: Optional[torch.Tensor], sav
     """(dx in `sum_dtype`, dbranch in `branch_dtype` or empty when that is `sum_dtype`, dw (C, 27),
     dbias (C,)) from the output's gradient, the sum's own (`d_sum`, from its other consumers; None if
     it has none) and the saved s (rounded to `x_rounding_dtype` here; float32: as it is)."""
-    _check(saved, weight)
-    dout, saved = _channels_unit_stride(dout), _channels_unit_stride(saved)
-    d_sum = None if d_sum is None else _channels_unit_stride(d_sum)
+    check_peg_arguments(saved, weight)
+    dout, saved = channels_unit_stride(dout), channels_unit_stride(saved)
+    d_sum = None if d_sum is None else channels_unit_stride(d_sum)
     dx = output_buffer_like(saved, sum_dtype, INTERPRETED)
     separate = branch_dtype != sum_dtype
     d_branch = output_buffer_like(saved, branch_dtype, INTERPRETED) if separate else None
@@ -92,12 +92,12 @@ def _(dout: torch.Tensor, d_sum: Optional[torch.Tensor], saved: torch.Tensor, we
 
 @register_flop_formula(torch.ops.ctclip_kernels.peg_add_conv_forward)
 def _forward_flops(x_shape, *args, **kwargs) -> int:
-    return _conv_flops(x_shape)  # as the unfused PEG counts; the add is not a matmul FLOP
+    return conv_flops(x_shape)  # as the unfused PEG counts; the add is not a matmul FLOP
 
 
 @register_flop_formula(torch.ops.ctclip_kernels.peg_add_conv_backward)
 def _backward_flops(dout_shape, *args, **kwargs) -> int:
-    return 2 * _conv_flops(dout_shape)
+    return 2 * conv_flops(dout_shape)
 
 
 class TritonPEGAddConvFunction(torch.autograd.Function):

@@ -169,12 +169,12 @@ def _grid_strides(t: torch.Tensor) -> list[int]:
     return [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
 
 
-def _channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
+def channels_unit_stride(t: torch.Tensor) -> torch.Tensor:
     # The kernels index channels as unit-stride; anything else (a transposed gradient) is copied once.
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = None) -> None:
+def check_peg_arguments(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None" = None) -> None:
     check_float(x, "PEG convolution input")
     if x.dim() != 5:
         raise ValueError(f"PEG convolution needs a (B, T, H, W, C) grid, got {tuple(x.shape)}")
@@ -240,8 +240,8 @@ def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     """(out, x_copy): the convolution of the (B, T, H, W, C) grid x with weight (C, 27) and bias in
     `out_dtype`, all three rounded to it before the products; x_copy is that rounded x (for the
     backward) when `write_x_copy`, else empty."""
-    _check(x, weight, bias)
-    x = _channels_unit_stride(x)
+    check_peg_arguments(x, weight, bias)
+    x = channels_unit_stride(x)
     # In x's memory order: the corrected temporal layout's grid is a permuted view of the tokens, and its
     # output then rearranges back to tokens as a view.
     out = output_buffer_like(x, out_dtype, INTERPRETED)
@@ -254,7 +254,7 @@ def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 @peg_conv_forward.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
       write_x_copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(x, weight, bias)
+    check_peg_arguments(x, weight, bias)
     copy = torch.empty_like(x, dtype=out_dtype) if write_x_copy else x.new_empty(_NOTHING, dtype=out_dtype)
     return torch.empty_like(x, dtype=out_dtype), copy
 
@@ -270,8 +270,8 @@ def peg_conv_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     Every rounding happens here, inside the op, rather than as casts around it: torch.compile would
     remove a cast to bf16 and back as a no-op (unless told to emulate it), and the compiled model would
     then compute something else than the eager one."""
-    _check(x, weight)
-    dout, x = _channels_unit_stride(dout), _channels_unit_stride(x)
+    check_peg_arguments(x, weight)
+    dout, x = channels_unit_stride(dout), channels_unit_stride(x)
     dx = output_buffer_like(x, dx_dtype, INTERPRETED)
     dw, dbias = launch_backward(dout, x, weight, dx, x_rounding_dtype, compute_dtype)
     return dx.to(dx_dtype), dw, dbias
@@ -283,7 +283,7 @@ def _(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, x_rounding_dtyp
     return (torch.empty_like(x, dtype=dx_dtype), torch.empty_like(weight, dtype=torch.float32),
             weight.new_empty(x.shape[-1], dtype=torch.float32))
 
-def _conv_flops(x_shape) -> int:
+def conv_flops(x_shape) -> int:
     """As FlopCounterMode counts the depthwise Conv3d (2 * outputs * taps per channel), so FLOPs and
     MFU stay comparable across peg_impl."""
     positions = 1
@@ -294,13 +294,13 @@ def _conv_flops(x_shape) -> int:
 
 @register_flop_formula(torch.ops.ctclip_kernels.peg_conv_forward)
 def _peg_forward_flops(x_shape, *args, **kwargs) -> int:
-    return _conv_flops(x_shape)
+    return conv_flops(x_shape)
 
 
 @register_flop_formula(torch.ops.ctclip_kernels.peg_conv_backward)
 def _peg_backward_flops(dout_shape, *args, **kwargs) -> int:
     # The input's and the weight's gradients, each a convolution's worth, as counted for Conv3d.
-    return 2 * _conv_flops(dout_shape)
+    return 2 * conv_flops(dout_shape)
 
 
 class TritonPEGConvFunction(torch.autograd.Function):
