@@ -37,6 +37,14 @@ aten = torch.ops.aten
 NO_TRAFFIC = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty,
                         aten.new_empty_strided, aten.lift_fresh})
 MATMUL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+# The fused optimizers' schemas mark `grads` mutable, but their CUDA kernels store the gradients back
+# only to unscale them, when a GradScaler passes `grad_scale` (aten/src/ATen/native/cuda/
+# fused_adam_utils.cuh and its SGD/Adagrad siblings: `if (i != kGradIdx || grad_scale_ptr) store`).
+# Without a scale that is a read of every gradient, not a read and a write: 4 bytes a parameter.
+WRITTEN_ONLY_WITH = {
+    packet: ("grads", "grad_scale")
+    for packet in (aten._fused_adamw_, aten._fused_adam_, aten._fused_sgd_, aten._fused_adagrad_)
+}
 # A custom op that states its matmul input precision (ctclip_kernels::nearest_code's tl.dot) in an
 # argument of this name: its fp32 products run at that precision whatever torch's TF32 setting.
 STATED_PRECISION_ARG = "input_precision"
@@ -70,13 +78,20 @@ def _key(t: torch.Tensor) -> tuple:
 
 
 def written_tensors(func, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
-    """The tensors the op writes: the arguments it mutates (in-place foreach ops return nothing) and
-    its outputs, unless every output is a view of an input (`_unsafe_view` is one without saying so)."""
+    """The tensors the op writes: the arguments it mutates (in-place foreach ops return nothing; the
+    fused optimizers' gradients only under a grad scale) and its outputs, unless every output is a view
+    of an input (`_unsafe_view` is one without saying so)."""
+    def argument_value(index: int, name: str) -> Any:
+        return args[index] if index < len(args) else kwargs.get(name)
+
+    names = [argument.name for argument in func._schema.arguments]
+    conditional, condition = WRITTEN_ONLY_WITH.get(func._overloadpacket, (None, None))
     written = {}
     for index, argument in enumerate(func._schema.arguments):
         if argument.alias_info is not None and argument.alias_info.is_write:
-            value = args[index] if index < len(args) else kwargs.get(argument.name)
-            written.update((_key(t), t) for t in _tensors(value))
+            if argument.name == conditional and argument_value(names.index(condition), condition) is None:
+                continue
+            written.update((_key(t), t) for t in _tensors(argument_value(index, argument.name)))
     outputs = _tensors(out)
     input_storages = {storage_id(t) for t in _tensors((args, kwargs))}
     if written or not all(storage_id(t) in input_storages for t in outputs):

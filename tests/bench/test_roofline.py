@@ -95,6 +95,24 @@ def test_in_place_and_foreach_ops_count_read_and_write_of_what_they_mutate():
     assert _costs(lambda: x.mul_(2.0)).costs["aten.mul_"].bytes == 2 * 36 * 4
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fused_adamw_writes_the_gradients_only_to_unscale_them(scaled):
+    # The schema marks every list mutable; the CUDA kernel stores `grads` back only under a grad scale.
+    shapes = [(5, 3), (17,), (2, 3, 7)]
+    n = sum(torch.Size(s).numel() for s in shapes)
+    params, grads, exp_avgs, exp_avg_sqs = ([torch.randn(s) for s in shapes] for _ in range(4))
+    steps = [torch.tensor(1.0) for _ in shapes]
+    scale = torch.tensor(1.0) if scaled else None
+    mode = _costs(lambda: torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=1e-3,
+                                              beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8,
+                                              amsgrad=False, maximize=False, grad_scale=scale))
+    # param, grad and both moments read; param and both moments written; each step count read.
+    expected = (4 + 3) * n * 4 + len(shapes) * 4
+    if scaled:
+        expected += n * 4 + 4  # the unscaled gradients written back, the scale read
+    assert mode.costs["aten._fused_adamw_"].bytes == expected
+
+
 def test_estimate_sums_ops_and_bounds_mfu():
     a, b = torch.randn(300, 200, dtype=torch.bfloat16), torch.randn(200, 100, dtype=torch.bfloat16)
     mode = _costs(lambda: (a @ b).relu().sum())
