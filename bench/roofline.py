@@ -45,10 +45,14 @@ WRITTEN_ONLY_WITH = {
     packet: ("grads", "grad_scale")
     for packet in (aten._fused_adamw_, aten._fused_adam_, aten._fused_sgd_, aten._fused_adagrad_)
 }
-# A custom op that states its matmul input precision (ctclip_kernels::nearest_code's tl.dot) in an
-# argument of this name: its fp32 products run at that precision whatever torch's TF32 setting.
+# A custom op that states its matmul precision in an argument of one of these names runs its products
+# at that precision whatever its inputs' dtypes and torch's TF32 setting: ctclip_kernels::nearest_code's
+# tl.dot `input_precision` for fp32 inputs, and ctclip_kernels::skinny_linear's `operand_dtype`, to
+# which it rounds its fp32 inputs in registers.
 STATED_PRECISION_ARG = "input_precision"
 STATED_PRECISIONS = {"tf32": "tf32", "ieee": "fp32"}
+STATED_DTYPE_ARG = "operand_dtype"
+STATED_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
 def accessed_bytes(t: torch.Tensor) -> int:
@@ -65,11 +69,12 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def stated_precision(func, args: tuple, kwargs: dict) -> "str | None":
-    """The matmul precision ("tf32" or "fp32") an op states in its STATED_PRECISION_ARG, or None."""
+    """The matmul precision ("tf32", "fp32", "bf16", "fp16") an op states in its STATED_PRECISION_ARG or
+    STATED_DTYPE_ARG, or None."""
     for index, argument in enumerate(func._schema.arguments):
-        if argument.name == STATED_PRECISION_ARG:
+        if argument.name in (STATED_PRECISION_ARG, STATED_DTYPE_ARG):
             value = kwargs.get(argument.name, args[index] if index < len(args) else argument.default_value)
-            return STATED_PRECISIONS.get(value)
+            return (STATED_PRECISIONS if argument.name == STATED_PRECISION_ARG else STATED_DTYPES).get(value)
     return None
 
 
@@ -148,7 +153,7 @@ class RooflineMode(TorchDispatchMode):
 
     def _precision(self, inputs: list[torch.Tensor], stated: "str | None") -> str:
         dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
-        return MATMUL_DTYPES.get(dtype, stated or ("tf32" if self.tf32 else "fp32"))
+        return stated or MATMUL_DTYPES.get(dtype) or ("tf32" if self.tf32 else "fp32")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

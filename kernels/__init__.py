@@ -1,8 +1,9 @@
 """Triton fused kernels for CT-CLIP's normalisation, gated feed-forward and attention prologue: RMSNorm
 (alone, or with the residual add before it: TritonAddRMSNorm), SwiGLU, GEGLU, the per-head q/k L2-norm +
 scale + rotary embedding (TritonQKNormRope), and the VQ's nearest-code search (nearest_code: argmax of
-x @ codes^T without the score matrix), and the PEG's causal depthwise 3x3x3 convolution on the token
-stream (triton_peg_conv).
+x @ codes^T without the score matrix), the PEG's causal depthwise 3x3x3 convolution on the token
+stream (triton_peg_conv), the patch embedding's gather + LayerNorm (triton_patch_layer_norm), and the
+latent projections of a few rows read from the fp32 weight in place (triton_skinny_linear).
 
     from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
     if supports(device) is None:
@@ -27,7 +28,8 @@ from typing import Any
 import torch
 
 __all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU",
-           "nearest_code", "supports", "triton_patch_layer_norm", "triton_peg_add_conv", "triton_peg_conv"]
+           "nearest_code", "supports", "triton_patch_layer_norm", "triton_peg_add_conv", "triton_peg_conv",
+           "triton_skinny_linear"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
@@ -40,9 +42,11 @@ _LAZY = {
     "triton_peg_conv": "kernels.peg_conv",
     "triton_peg_add_conv": "kernels.peg_add_conv",
     "triton_patch_layer_norm": "kernels.patch_norm",
+    "triton_skinny_linear": "kernels.skinny_linear",
 }
 _KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
-                   "kernels.vq_nearest", "kernels.peg_conv", "kernels.peg_add_conv", "kernels.patch_norm")
+                   "kernels.vq_nearest", "kernels.peg_conv", "kernels.peg_add_conv", "kernels.patch_norm",
+                   "kernels.skinny_linear")
 
 
 def _interpret_env() -> bool:
