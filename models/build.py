@@ -18,6 +18,7 @@ from models.optimizers import OPTIMIZERS
 from models.patch_embed import PATCH_EMBEDS
 from models.peg import PEG_IMPLS
 from models.position import POSITIONS
+from models.projection import PROJECTIONS
 from models.qk_norm import QK_NORMS
 from models.registry import Registry
 from models.text import TEXT_TOWERS
@@ -29,7 +30,7 @@ from models.vq import VQ_IMPLS
 AXIS_REGISTRIES: dict[str, Registry] = {
     "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
     "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS, "optimizer": OPTIMIZERS, "qk_norm": QK_NORMS,
-    "peg_impl": PEG_IMPLS, "patch_embed": PATCH_EMBEDS,
+    "peg_impl": PEG_IMPLS, "patch_embed": PATCH_EMBEDS, "projection": PROJECTIONS,
 }
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from models.ctvit import CTViT
 from models.losses import LOSSES
+from models.projection import PROJECTIONS
 from models.text import build_text_encoder
 from models.variant import Size, Variant
 
@@ -45,6 +46,7 @@ class CTCLIP(nn.Module):
         self.text_encoder = build_text_encoder(variant, size, text_weights)
         self.to_visual_latent = nn.Linear(size.dim_image, size.dim_latent, bias=False)
         self.to_text_latent = nn.Linear(self.text_encoder.config.hidden_size, size.dim_latent, bias=False)
+        self._project = PROJECTIONS.get(variant.projection).impl
         self._loss = LOSSES.get(variant.loss).impl
         self.temperature = nn.Parameter(torch.tensor(self._loss.init_temperature))
         self.logit_bias = (
@@ -61,12 +63,12 @@ class CTCLIP(nn.Module):
         with self.autocast():
             tokens = self.visual_encoder(volumes)  # (B, t, h, w, dim)
             pooled = tokens.mean(dim=1).flatten(1)  # mean over depth, then (h, w, dim) row-major
-            return F.normalize(self.to_visual_latent(pooled), dim=-1)
+            return F.normalize(self._project(pooled, self.to_visual_latent), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return F.normalize(self.to_text_latent(hidden[:, 0]), dim=-1)
+            return F.normalize(self._project(hidden[:, 0], self.to_text_latent), dim=-1)
 
     @property
     def logit_scale(self) -> torch.Tensor:

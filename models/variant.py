@@ -36,6 +36,9 @@ AXES: dict[str, tuple[Any, ...]] = {
     # How the volume becomes normalised patches (models/patch_embed.py): a rearranged copy then
     # nn.LayerNorm, as upstream, or one Triton kernel each way reading the volume in place.
     "patch_embed": ("eager", "triton"),
+    # How the two latent projections run (models/projection.py): nn.Linear under autocast, as upstream,
+    # or split-K Triton kernels that read the fp32 weight in place and round as autocast does.
+    "projection": ("eager", "triton"),
     "precision": ("fp32", "fp16", "bf16"),
     "checkpointing": (False, True),
     "compile": (False, True),
@@ -49,6 +52,7 @@ AXES: dict[str, tuple[Any, ...]] = {
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
     "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "peg_impl": "pegimpl", "patch_embed": "patch",
+    "projection": "proj",
     "precision": "prec", "checkpointing": "ckpt",
     "compile": "compile", "optimizer": "opt", "qk_norm": "qk",
 }
@@ -91,6 +95,7 @@ class Variant:
     peg_layout: str = "upstream"
     peg_impl: str = "conv3d"
     patch_embed: str = "eager"
+    projection: str = "eager"
     precision: str = "fp32"
     checkpointing: bool = False
     compile: bool = False

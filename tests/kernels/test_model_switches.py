@@ -145,6 +145,16 @@ def test_triton_patch_norm_matches_the_eager_patch_embedding(precision):
     assert grads["visual_encoder.patch_embed.norm_in.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_triton_projections_match_the_eager_linears(precision):
+    # Both latent projections through the split-K kernels, on the same nn.Linear weights; under bf16
+    # autocast both round operands and products alike, so each gradient meets FlashAttention's rule
+    # against the fp32 model, the projections' own included.
+    reference_variant = models.Variant.modern().replace(attention="math", precision=precision)
+    grads = assert_switch_keeps_the_training_signal(reference_variant, projection="triton")
+    assert grads["to_visual_latent.weight"].abs().sum() > 0 and grads["to_text_latent.weight"].abs().sum() > 0
+
+
 def test_checkpointed_fastest_candidate_trains_as_the_plain_one():
     # Checkpointed, the layers with every add fused finish their last add between them (a checkpointed
     # layer keeps its inputs: one stream costs less than a stream and a branch); unchecked, the next
