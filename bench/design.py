@@ -97,7 +97,8 @@ def target_ladder() -> list[Variant]:
     ladder = [Variant.modern().replace(position="rope", norm="rmsnorm_triton", mlp="swiglu_triton",
                                        vq_impl="chunked")]
     for step in ({"optimizer": "adamw_fused"}, {"qk_norm": "triton"}, {"vq_impl": "triton"},
-                 {"norm": "add_rmsnorm_triton"}, {"peg_impl": "triton"}, {"patch_embed": "triton"}):
+                 {"norm": "add_rmsnorm_triton"}, {"projection": "triton"}, {"peg_impl": "triton"},
+                 {"patch_embed": "triton"}):
         ladder.append(ladder[-1].replace(**step))
     return ladder
 

@@ -324,3 +324,44 @@ def test_patch_norm_fwd_bwd_paper_shape(benchmark, provider):
     patch = [size.temporal_patch_size, size.patch_size, size.patch_size]
     benchmark.extra_info.update(kernel="patch_norm", provider=provider, volume=list(volume.shape), patch=patch,
                                 dtype="fp32 volume, bf16 autocast")
+
+
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+def test_image_projection_fwd_bwd_paper_shape(benchmark, provider):
+    """The paper's image projection (4 pooled rows of 294,912 features -> 512, no bias, fp32 weight) under
+    bf16 autocast, forward and backward to the weight and the features: the split-K kernels reading the
+    fp32 weight in place (projection=triton) against nn.Linear with autocast's weight cast and the
+    gradient's cast back."""
+    from kernels import supports as kernel_supports
+    from models.projection import PROJECTIONS
+
+    device = torch.device("cuda")
+    if provider == "triton" and (reason := kernel_supports(device)):
+        pytest.skip(reason)
+    size = SIZES["paper"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    features = torch.randn(size.batch, size.dim_image, generator=gen, device=device).requires_grad_(True)
+    torch.manual_seed(0)  # the same weight for both providers
+    linear = torch.nn.Linear(size.dim_image, size.dim_latent, bias=False).to(device)
+    project = PROJECTIONS.get(provider).impl
+
+    # Correctness first (FlashAttention's rule): error vs fp64 at most 2x autocast's nn.Linear's.
+    with torch.no_grad():
+        reference = features.double() @ linear.weight.double().t()
+        errors = {}
+        for name in ("triton", "eager"):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                errors[name] = (PROJECTIONS.get(name).impl(features, linear).double() - reference).abs().max().item()
+    assert errors["triton"] <= 2 * errors["eager"] + 1e-6, errors
+    dout = torch.randn(reference.shape, generator=gen, device=device).bfloat16()
+    del reference
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = project(features, linear)
+        out.backward(dout)
+
+    measure_cuda(benchmark, step, setup=lambda: clear_grads(features, linear.weight), rounds=5, warmup_rounds=2)
+    benchmark.extra_info.update(kernel="skinny_linear", provider=provider,
+                                shape=[size.batch, size.dim_image, size.dim_latent],
+                                dtype="fp32 features and weight, bf16 autocast")
