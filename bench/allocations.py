@@ -23,7 +23,8 @@ BLOCK_BYTES = 512  # the caching allocator's smallest block; every allocation is
 
 
 class AllocationTracker(TorchDispatchMode):
-    """Current and peak live bytes, and the largest fresh output of a single op.
+    """Current and peak live bytes, the op whose outputs reached the peak (and the `phase` the caller
+    had set then: forward, backward, ...), and the largest fresh output of a single op.
 
     `resident` tensors (parameters, buffers, optimizer state, the batch) exist before the tracked
     region and count from the start, as they do in a measured cell's allocator peak.
@@ -37,6 +38,9 @@ class AllocationTracker(TorchDispatchMode):
         self.peak_bytes = 0
         self.largest_op_bytes = 0
         self.largest_op = ""
+        self.phase = ""  # set by the caller as the step moves on; recorded with the peak
+        self.peak_op = ""
+        self.peak_phase = ""
         for t in resident:
             self._add(t.untyped_storage())
 
@@ -58,10 +62,13 @@ class AllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        peak_before = self.peak_bytes
         fresh = 0
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 fresh += self._add(t.untyped_storage())
         if fresh > self.largest_op_bytes:
             self.largest_op_bytes, self.largest_op = fresh, str(func)
+        if self.peak_bytes > peak_before:
+            self.peak_op, self.peak_phase = str(func), self.phase
         return out

@@ -146,25 +146,29 @@ def resident_tensors(step: TrainStep) -> list[torch.Tensor]:
 
 
 def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DEFAULT_GPU,
-                     dispatch: str = "cuda") -> dict[str, Any]:
+                     dispatch: str = "cuda", breakdown: int = 0) -> dict[str, Any]:
     """Memory (bytes), FLOPs and the roofline step time on `gpu` of one training step of `variant`,
-    computed on fake tensors with `dispatch`'s kernel and autocast choices (DISPATCH_CHOICES)."""
+    computed on fake tensors with `dispatch`'s kernel and autocast choices (DISPATCH_CHOICES); with
+    `breakdown`, the roofline's `breakdown` costliest call sites (op, operand shapes and dtypes) too."""
     mode, step = fake_training_step(variant, size, batch, dispatch)
     model = step.model
     with mode, dispatch_context(dispatch):
         tracker = AllocationTracker(resident_tensors(step))
         with tracker:
+            tracker.phase = "forward"
             with SavedBytes(step.resident()) as saved:
                 loss = step.forward()
+            tracker.phase = "backward"
             step.backward(loss)
             grads = grad_bytes(model)
+            tracker.phase = "optimizer step"
             step.optimizer_step()
             del loss
             step.zero_grad()
         # FLOPs and the roofline in a second pass: FlopCounterMode's module hooks keep tensors alive through
         # a checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
         precision = matmul_precision(variant.precision, "cuda")  # the matmul precision MFU's peak is for
-        roofline = RooflineMode(gpu, tf32=precision == "tf32")
+        roofline = RooflineMode(gpu, tf32=precision == "tf32", signatures=breakdown > 0)
         forward, backward, recomputed, roofline = flops_and_roofline(step, roofline)
         memory = {
             "param_bytes": param_bytes(model), "grad_bytes": grads,
@@ -173,8 +177,9 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
             "predicted_peak_bytes": tracker.peak_bytes,
         }
     flops = {"forward": forward, "backward": backward, "total": forward + backward, "recomputed": recomputed}
-    bound = roofline.estimate()
+    bound = roofline.estimate(top_signatures=breakdown)
     return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op,
+            "peak_op": f"{tracker.peak_op} in the {tracker.peak_phase}" if tracker.peak_op else "",
             "roofline": dict(bound.to_dict(), mfu_bound=bound.mfu_bound(precision, model_flops(flops)))}
 
 
@@ -206,7 +211,8 @@ def _create_optimizer_state(step: TrainStep) -> None:
     step.zero_grad()
 
 
-def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "cuda") -> Result:
+def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "cuda",
+                  breakdown: int = 0) -> Result:
     started = time.perf_counter()
     variant = spec.variant_obj
     result = base_result(spec, "error", kind="estimate")
@@ -225,13 +231,13 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
         result.status, result.reason = "unsupported", reason
     else:
         try:
-            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, dispatch)
+            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, dispatch, breakdown)
             for key, value in out["memory"].items():
                 setattr(result.memory, key, value)
             result.flops = out["flops"]
             result.roofline = out["roofline"]
             result.message = (f"FakeTensorMode on the CPU build, {dispatch.upper()} build's dispatch; "
-                              f"largest transient from {out['largest_op']}")
+                              f"largest transient from {out['largest_op']}; peak at {out['peak_op']}")
             result.status = "ok"
         except (NoCudaKernel, NotEmulated) as exc:  # a GPU would refuse it, or the estimate cannot say
             result.status, result.reason = "unsupported", f"under CUDA's dispatch: {exc}"
@@ -239,6 +245,18 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
             result.status, result.message = classify_exception(exc)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def breakdown_table(result: Result) -> str:
+    """Where a cell's predicted peak is reached and its costliest call sites in the roofline, as text."""
+    peak = result.message.rsplit("; peak at ", 1)[-1] if "; peak at " in result.message else "?"
+    lines = [f"  predicted peak reached at {peak}",
+             "  | call site (op, operands) | calls | ms | share | GB moved | TFLOP |",
+             "  |---|---|---|---|---|---|"]
+    for site in result.roofline.get("top_signatures", []):
+        lines.append(f"  | `{site['name']}` | {site['calls']} | {site['seconds'] * 1e3:.2f} | "
+                     f"{site['share']:.1%} | {site['bytes'] / 1e9:.2f} | {site['flops'] / 1e12:.2f} |")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dispatch", choices=DISPATCH_CHOICES, default="cuda",
                    help="whose autocast policy and kernel choices to follow where the builds differ: the "
                    "CUDA build's, or the CPU build's (to compare with CPU cells)")
+    p.add_argument("--breakdown", type=int, default=0, metavar="N",
+                   help="also list each cell's N costliest call sites in the roofline (op, operand shapes "
+                   "and dtypes) and say where the predicted peak is reached")
     p.add_argument("--out", default="results", help="directory for result files")
     return p
 
@@ -284,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = CellSpec(variant=cell.variant.as_dict(), size=size.name, batch=batch, device="cpu",
                         design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host,
                         git=git)
-        result = estimate_cell(spec, gpu, args.dispatch)
+        result = estimate_cell(spec, gpu, args.dispatch, args.breakdown)
         result.env = environment(device)
         store.append(path, result)
         rows.append(result)
@@ -306,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({roof['memory_bound_s'] / roof['step_s']:.0%} of it memory-bound, {roof['ops']} ops), "
                   f"MFU at most {roof['mfu_bound']:.0%}; top: " + ", ".join(
                       f"{op['name']} {op['share']:.0%}" for op in roof["top_ops"][:3]))
+            if args.breakdown:
+                print(breakdown_table(r))
     print(f"results: {path}\ncsv:     {path.with_suffix('.csv')}")
     return 0
 

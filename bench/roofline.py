@@ -37,6 +37,7 @@ aten = torch.ops.aten
 NO_TRAFFIC = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty,
                         aten.new_empty_strided, aten.lift_fresh})
 MATMUL_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+MAX_LISTED_OPERANDS = 6  # a call-site signature lists at most this many operand shapes
 # The fused optimizers' schemas mark `grads` mutable, but their CUDA kernels store the gradients back
 # only to unscale them, when a GradScaler passes `grad_scale` (aten/src/ATen/native/cuda/
 # fused_adam_utils.cuh and its SGD/Adagrad siblings: `if (i != kGradIdx || grad_scale_ptr) store`).
@@ -130,6 +131,9 @@ class RooflineEstimate:
     bytes: float
     ops: int  # ops that move data: roughly the kernels launched
     top_ops: list[dict[str, Any]] = field(default_factory=list)
+    # The same split by operand shapes and dtypes ("aten.mm[bf16] bf16[55296, 512] bf16[512, 2730]"),
+    # when the mode was asked for it (RooflineMode(signatures=True)): which call sites the time is in.
+    top_signatures: list[dict[str, Any]] = field(default_factory=list)
 
     def mfu_bound(self, precision: str, model_flops: float | None = None) -> float | None:
         """The highest MFU this step could show: its model FLOPs (default: every FLOP it executes; pass
@@ -143,13 +147,27 @@ class RooflineEstimate:
         return asdict(self)
 
 
-class RooflineMode(TorchDispatchMode):
-    """Costs every dispatched op against `spec`'s ceilings. fp32 matmuls use the tf32 peak if `tf32`."""
+def signature(name: str, inputs: list[torch.Tensor]) -> str:
+    """An op's name with its tensor operands' dtypes and shapes: `aten.add fp32[4, 13824, 512] bf16[...]`;
+    past MAX_LISTED_OPERANDS (a foreach or fused-optimizer op's lists) only their count and size."""
+    if len(inputs) > MAX_LISTED_OPERANDS:
+        return f"{name} {len(inputs)} tensors, {sum(t.numel() for t in inputs) / 1e6:.1f} M elements"
+    short = {torch.float32: "fp32", **MATMUL_DTYPES}
+    operands = " ".join(f"{short.get(t.dtype, str(t.dtype).removeprefix('torch.'))}{list(t.shape)}"
+                        for t in inputs)
+    return f"{name} {operands}".rstrip()
 
-    def __init__(self, spec: GpuSpec, tf32: bool = False) -> None:
+
+class RooflineMode(TorchDispatchMode):
+    """Costs every dispatched op against `spec`'s ceilings. fp32 matmuls use the tf32 peak if `tf32`;
+    with `signatures`, the costs are also kept per operand shapes and dtypes."""
+
+    def __init__(self, spec: GpuSpec, tf32: bool = False, signatures: bool = False) -> None:
         super().__init__()
         self.spec, self.tf32 = spec, tf32
         self.costs: dict[str, OpCost] = defaultdict(lambda: OpCost(""))
+        self.signature_costs: "dict[str, OpCost] | None" = (defaultdict(lambda: OpCost("")) if signatures
+                                                             else None)
 
     def _precision(self, inputs: list[torch.Tensor], stated: "str | None") -> str:
         dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
@@ -174,23 +192,32 @@ class RooflineMode(TorchDispatchMode):
             name = f"{packet}[{precision}]"
             compute_s = flops / ((self.spec.tflops.get(precision) or self.spec.tflops["tf32"]) * 1e12)
         memory_s = moved / (self.spec.dram_gb_per_s * 1e9)
-        cost = self.costs[name]
-        cost.name = name
-        cost.calls += 1
-        cost.flops += flops
-        cost.bytes += moved
-        cost.seconds += max(compute_s, memory_s)
-        if compute_s > memory_s:
-            cost.compute_bound_s += compute_s
+        tables = [(self.costs, name)]
+        if self.signature_costs is not None:
+            tables.append((self.signature_costs, signature(name, inputs)))
+        for table, key in tables:
+            cost = table[key]
+            cost.name = key
+            cost.calls += 1
+            cost.flops += flops
+            cost.bytes += moved
+            cost.seconds += max(compute_s, memory_s)
+            if compute_s > memory_s:
+                cost.compute_bound_s += compute_s
         return out
 
-    def estimate(self, top: int = 12) -> RooflineEstimate:
+    def estimate(self, top: int = 12, top_signatures: int = 12) -> RooflineEstimate:
         costs = sorted(self.costs.values(), key=lambda c: c.seconds, reverse=True)
         step_s = sum(c.seconds for c in costs)
         compute_s = sum(c.compute_bound_s for c in costs)
-        top_ops = [dict(asdict(c), share=c.seconds / step_s if step_s else 0.0) for c in costs[:top]]
+
+        def ranked(table: "dict[str, OpCost] | None", n: int) -> list[dict[str, Any]]:
+            ordered = sorted((table or {}).values(), key=lambda c: c.seconds, reverse=True)
+            return [dict(asdict(c), share=c.seconds / step_s if step_s else 0.0) for c in ordered[:n]]
+
         return RooflineEstimate(
             gpu=self.spec.entry, dram_gb_per_s=self.spec.dram_gb_per_s, peak_tflops=dict(self.spec.tflops),
             step_s=step_s, compute_bound_s=compute_s, memory_bound_s=step_s - compute_s,
             flops=sum(c.flops for c in costs), bytes=sum(c.bytes for c in costs),
-            ops=sum(c.calls for c in costs), top_ops=top_ops)
+            ops=sum(c.calls for c in costs), top_ops=ranked(self.costs, top),
+            top_signatures=ranked(self.signature_costs, top_signatures))

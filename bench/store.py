@@ -73,7 +73,8 @@ def _semicolon_joined(values: list) -> str:
     return ";".join(str(v) for v in values)
 
 
-def flatten(data: Any, prefix: str = "", skip: Iterable[str] = ("samples", "profile", "top_ops"),
+def flatten(data: Any, prefix: str = "",
+            skip: Iterable[str] = ("samples", "profile", "top_ops", "top_signatures"),
             encode_list: Callable[[list], Any] = _semicolon_joined) -> dict[str, Any]:
     """Nested dicts -> dotted keys, for CSV. Keys in `skip` are left out (bench rows: raw timing samples
     and per-op lists, which stay in the JSONL); lists become one cell through `encode_list`."""

@@ -30,6 +30,23 @@ def test_counts_fresh_storages_until_they_are_released():
     assert tracker.current_bytes == 4096
 
 
+def test_records_the_op_and_phase_that_reach_the_peak():
+    tracker = AllocationTracker()
+    with tracker:
+        tracker.phase = "forward"
+        a = torch.ones(1000)  # 4,096
+        b = a * 2  # 8,192: the peak so far
+        del a, b  # 0
+        tracker.phase = "backward"
+        c = torch.zeros(1500)  # 6,144: below the peak
+        d = c.neg()  # 12,288: a new peak
+        del c
+        tracker.phase = "optimizer step"
+        e = torch.full((100,), 1.0)  # 6,144 + 512: below it again
+    assert tracker.peak_bytes == 12288 and "neg" in tracker.peak_op and tracker.peak_phase == "backward"
+    assert "zeros" in tracker.largest_op and len(d) == 1500 and len(e) == 100
+
+
 def test_rounds_to_allocator_blocks():
     tracker = AllocationTracker()
     with tracker:

@@ -126,6 +126,36 @@ def test_estimate_sums_ops_and_bounds_mfu():
     assert est.gpu == "Test GPU" and est.dram_gb_per_s == 1000.0
 
 
+def test_signatures_split_an_op_by_operand_shapes_and_dtypes():
+    a, b = torch.randn(37, 53, dtype=torch.bfloat16), torch.randn(53, 29, dtype=torch.bfloat16)
+    c = torch.randn(64, 64)
+
+    def ops():
+        a @ b
+        a @ b
+        c @ c
+
+    with RooflineMode(SPEC, signatures=True) as mode:
+        ops()
+    est = mode.estimate(top=5, top_signatures=5)
+    sites = {s["name"]: s for s in est.top_signatures}
+    small_bf16, square_fp32 = "aten.mm[bf16] bf16[37, 53] bf16[53, 29]", "aten.mm[fp32] fp32[64, 64] fp32[64, 64]"
+    assert set(sites) == {small_bf16, square_fp32}
+    bf16 = sites[small_bf16]
+    assert bf16["calls"] == 2 and bf16["bytes"] == 2 * 2 * (37 * 53 + 53 * 29 + 37 * 29)
+    # The per-site costs partition the per-op ones; without the option nothing is kept.
+    assert sum(s["seconds"] for s in est.top_signatures) == pytest.approx(est.step_s)
+    assert est.top_signatures[0]["seconds"] >= est.top_signatures[1]["seconds"]
+    with RooflineMode(SPEC) as plain:
+        ops()
+    assert plain.estimate().top_signatures == [] and plain.signature_costs is None
+    # A foreach op's operand lists are summarised, not listed.
+    params = [torch.zeros(1000, 100) for _ in range(8)]
+    with RooflineMode(SPEC, signatures=True) as foreach:
+        torch._foreach_mul_(params, 0.5)
+    assert [s["name"] for s in foreach.estimate().top_signatures] == ["aten._foreach_mul_ 8 tensors, 0.8 M elements"]
+
+
 def test_gpu_table_lookup_prefers_the_specific_name():
     assert find_gpu("NVIDIA H100 80GB HBM3").entry == "H100 SXM"
     assert find_gpu("NVIDIA H100 PCIe").dram_gb_per_s == 2000.0
@@ -145,6 +175,22 @@ def test_estimate_cell_records_a_roofline_whose_flops_match_the_counter():
     assert roofline["bytes"] >= result.memory.param_bytes  # every weight is read at least once
     assert roofline["mfu_bound"] == pytest.approx(roofline["flops"] / roofline["step_s"] / 10e12)  # fp32 peak
     assert sum(op["share"] for op in roofline["top_ops"]) <= 1.0 + 1e-9
+
+
+def test_estimate_cli_breakdown_names_the_peak_and_the_costliest_call_sites(tmp_path, capsys):
+    from bench.estimate import main
+    from bench.store import read
+
+    assert main(["--size", "tiny", "--design", "paper", "--only", "attention=math", "--only", "loss=softmax",
+                 "--precision", "bf16", "--breakdown", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (result,) = read(next(tmp_path.glob("estimate-tiny-*.jsonl"))).results
+    sites = result.roofline["top_signatures"]
+    assert len(sites) == 4 and all(s["name"].startswith("aten.") for s in sites)
+    assert all("[" in s["name"] or " tensors, " in s["name"] for s in sites)  # shapes, or a list's size
+    assert "; peak at aten." in result.message and result.message.endswith(("forward", "backward", "step"))
+    assert "predicted peak reached at aten." in out
+    assert f"| `{sites[0]['name']}` | {sites[0]['calls']} |" in out
 
 
 def test_triton_variant_is_estimated_where_its_kernels_cannot_run():
