@@ -208,7 +208,10 @@ def _roofline_ops(estimates: Any, shown: int = 4) -> list[str]:
         if e.size != "paper" or not e.roofline or not e.roofline.get("top_ops"):
             continue
         ops = ", ".join(f"`{op['name']}` {op['seconds'] * 1e3:.1f} ms" for op in e.roofline["top_ops"][:shown])
-        lines.append(f"- {e.variant_key}: {e.roofline['step_s'] * 1e3:.1f} ms at the ceilings; {ops}")
+        # bench.estimate ends its message with where the predicted peak is reached.
+        message = e.message or ""
+        peak = f"; predicted peak at `{message.rsplit('; peak at ', 1)[1]}`" if "; peak at " in message else ""
+        lines.append(f"- {e.variant_key}: {e.roofline['step_s'] * 1e3:.1f} ms at the ceilings; {ops}{peak}")
     if not lines:
         return []
     return ["Costliest ops of each paper-size step at the ceilings (bench.roofline):", "", *lines, ""]

@@ -247,6 +247,8 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
             store.append(tmp_path / "results" / f"{name}.jsonl", r)
     top_ops = [{"name": "aten.mm[fp32]", "seconds": 0.2}, {"name": "aten.mul", "seconds": 0.1}]
     estimate = dataclasses.replace(rows["paper-bf16"][0], kind="estimate", stages={},
+                                   message="FakeTensorMode; largest transient from aten.mm; "
+                                           "peak at aten.mul.Tensor in the backward",
                                    device={"type": "cpu", "name": "FakeTensorMode (CPU)"},
                                    memory=Memory(predicted_peak_bytes=36 * 2**30),
                                    roofline={"gpu": "H100 SXM", "step_s": 0.5, "top_ops": top_ops})
@@ -258,7 +260,8 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     assert checked["peak_error"] == pytest.approx(36 / 40 - 1)
     assert checked["step_over_roofline"] == pytest.approx(1.0 / 0.5)
     assert "| 500.0 | 1000.0 | 2.00× |" in text
-    assert f"- {faithful.key}: 500.0 ms at the ceilings; `aten.mm[fp32]` 200.0 ms, `aten.mul` 100.0 ms" in text
+    assert (f"- {faithful.key}: 500.0 ms at the ceilings; `aten.mm[fp32]` 200.0 ms, `aten.mul` 100.0 ms; "
+            "predicted peak at `aten.mul.Tensor in the backward`") in text
 
     assert data["paper-bf16"]["memory_ratio"] == pytest.approx(30 / 40)
     assert data["paper-bf16"]["time_ratio"] == pytest.approx(0.9)
