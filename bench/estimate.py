@@ -175,11 +175,11 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
             "optimizer_state_bytes": optimizer_state_bytes(step.optimizer),
             "saved_activations_bytes": saved.bytes, "largest_transient_bytes": tracker.largest_op_bytes,
             "predicted_peak_bytes": tracker.peak_bytes,
+            "predicted_peak_at": f"{tracker.peak_op} in the {tracker.peak_phase}" if tracker.peak_op else None,
         }
     flops = {"forward": forward, "backward": backward, "total": forward + backward, "recomputed": recomputed}
     bound = roofline.estimate(top_signatures=breakdown)
     return {"memory": memory, "flops": flops, "largest_op": tracker.largest_op,
-            "peak_op": f"{tracker.peak_op} in the {tracker.peak_phase}" if tracker.peak_op else "",
             "roofline": dict(bound.to_dict(), mfu_bound=bound.mfu_bound(precision, model_flops(flops)))}
 
 
@@ -237,7 +237,7 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
             result.flops = out["flops"]
             result.roofline = out["roofline"]
             result.message = (f"FakeTensorMode on the CPU build, {dispatch.upper()} build's dispatch; "
-                              f"largest transient from {out['largest_op']}; peak at {out['peak_op']}")
+                              f"largest transient from {out['largest_op']}")
             result.status = "ok"
         except (NoCudaKernel, NotEmulated) as exc:  # a GPU would refuse it, or the estimate cannot say
             result.status, result.reason = "unsupported", f"under CUDA's dispatch: {exc}"
@@ -249,8 +249,7 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
 
 def breakdown_table(result: Result) -> str:
     """Where a cell's predicted peak is reached and its costliest call sites in the roofline, as text."""
-    peak = result.message.rsplit("; peak at ", 1)[-1] if "; peak at " in result.message else "?"
-    lines = [f"  predicted peak reached at {peak}",
+    lines = [f"  predicted peak reached at {result.memory.predicted_peak_at}",
              "  | call site (op, operands) | calls | ms | share | GB moved | TFLOP |",
              "  |---|---|---|---|---|---|"]
     for site in result.roofline.get("top_signatures", []):

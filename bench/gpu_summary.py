@@ -208,9 +208,7 @@ def _roofline_ops(estimates: Any, shown: int = 4) -> list[str]:
         if e.size != "paper" or not e.roofline or not e.roofline.get("top_ops"):
             continue
         ops = ", ".join(f"`{op['name']}` {op['seconds'] * 1e3:.1f} ms" for op in e.roofline["top_ops"][:shown])
-        # bench.estimate ends its message with where the predicted peak is reached.
-        message = e.message or ""
-        peak = f"; predicted peak at `{message.rsplit('; peak at ', 1)[1]}`" if "; peak at " in message else ""
+        peak = f"; predicted peak at `{e.memory.predicted_peak_at}`" if e.memory.predicted_peak_at else ""
         lines.append(f"- {e.variant_key}: {e.roofline['step_s'] * 1e3:.1f} ms at the ceilings; {ops}{peak}")
     if not lines:
         return []

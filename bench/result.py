@@ -96,6 +96,8 @@ class Memory:
       param_bytes, grad_bytes, optimizer_state_bytes   after one optimizer step
       largest_transient_bytes  the largest single op output seen during the step (estimates)
       predicted_peak_bytes     most bytes live at once over one step (bench.allocations), resident state included
+      predicted_peak_at        where that peak is reached: the op whose outputs set it, and the phase
+                               ("ctclip_kernels.gated_backward.default in the backward"); text, not bytes
     CPU process (measured on a CPU; these are NOT GPU figures):
       cpu_rss_baseline_bytes   resident set size before the model was built
       cpu_peak_rss_bytes       peak resident set size of the cell's process (getrusage ru_maxrss)
@@ -117,6 +119,7 @@ class Memory:
     optimizer_state_bytes: int | None = None
     largest_transient_bytes: int | None = None
     predicted_peak_bytes: int | None = None
+    predicted_peak_at: str | None = None
     cpu_rss_baseline_bytes: int | None = None
     cpu_peak_rss_bytes: int | None = None
     gpu_allocated_baseline_bytes: int | None = None

@@ -188,7 +188,8 @@ def test_estimate_cli_breakdown_names_the_peak_and_the_costliest_call_sites(tmp_
     sites = result.roofline["top_signatures"]
     assert len(sites) == 4 and all(s["name"].startswith("aten.") for s in sites)
     assert all("[" in s["name"] or " tensors, " in s["name"] for s in sites)  # shapes, or a list's size
-    assert "; peak at aten." in result.message and result.message.endswith(("forward", "backward", "step"))
+    peak_at = result.memory.predicted_peak_at
+    assert peak_at.startswith("aten.") and peak_at.endswith(("in the forward", "in the backward", "step"))
     assert "predicted peak reached at aten." in out
     assert f"| `{sites[0]['name']}` | {sites[0]['calls']} |" in out
 

@@ -247,10 +247,9 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
             store.append(tmp_path / "results" / f"{name}.jsonl", r)
     top_ops = [{"name": "aten.mm[fp32]", "seconds": 0.2}, {"name": "aten.mul", "seconds": 0.1}]
     estimate = dataclasses.replace(rows["paper-bf16"][0], kind="estimate", stages={},
-                                   message="FakeTensorMode; largest transient from aten.mm; "
-                                           "peak at aten.mul.Tensor in the backward",
                                    device={"type": "cpu", "name": "FakeTensorMode (CPU)"},
-                                   memory=Memory(predicted_peak_bytes=36 * 2**30),
+                                   memory=Memory(predicted_peak_bytes=36 * 2**30,
+                                                 predicted_peak_at="aten.mul.Tensor in the backward"),
                                    roofline={"gpu": "H100 SXM", "step_s": 0.5, "top_ops": top_ops})
     store.append(tmp_path / "results" / "estimate-paper.jsonl", estimate)
     logs = [PartLog(name, budget) for name, budget in plan.budgets().items()]
