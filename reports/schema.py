@@ -23,6 +23,8 @@ ALL_STAGES = STAGES + ("step",)
 STAGE_STATS = ("median", "iqr", "p10", "p90", "n")
 
 # Memory fields (bytes). CPU rows have no GPU figures: the accounting parts and RSS stand in, labelled so.
+# bench's Memory also has one text field, predicted_peak_at (where an estimate's peak is reached),
+# which the reports do not load.
 GPU_PEAK = "gpu_allocated_peak_bytes"
 GPU_RESERVED = "gpu_reserved_peak_bytes"
 PREDICTED_PEAK = "predicted_peak_bytes"

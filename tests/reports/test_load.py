@@ -83,7 +83,10 @@ def test_schema_mirror_matches_bench() -> None:
     assert schema.SCHEMA_VERSION == result.SCHEMA_VERSION
     assert schema.EFFICIENCY_STATUSES == result.STATUSES and schema.EFFICIENCY_KINDS == result.KINDS
     assert schema.STAGES == result.STAGES and schema.ALL_STAGES == result.ALL_STAGES
-    assert set(schema.MEMORY_FIELDS) == set(memory_fields)
+    byte_fields = {name for name in memory_fields if name.endswith("_bytes")}
+    assert set(schema.MEMORY_FIELDS) == byte_fields
+    # The one text field (where bench.estimate's predicted peak is reached) is not a figure reports load.
+    assert set(memory_fields) - byte_fields == {"predicted_peak_at"}
 
 
 def test_schema_mirror_matches_ablations() -> None:
