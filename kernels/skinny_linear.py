@@ -11,6 +11,7 @@ transients. Here, with `round` the rounding to the operand dtype (autocast's: bf
     forward   y  = round(x) @ round(W)^T              split over K, partial sums reduced by one `sum`
     backward  dx = round(round(dy) @ round(W))        in x's dtype
               dW = round(round(dy)^T @ round(x))      written once, in W's dtype
+                                                      (one kernel, launched once for each)
 
 The rounding is done in registers, exactly as autocast's casts round (round to nearest even; bf16 by
 integer arithmetic, since the interpreter's own conversion truncates), and each product accumulates in
@@ -83,44 +84,25 @@ def _forward_kernel(X, W, PARTIAL, n_rows, n_out, n_in, stride_x, stride_w, K_TI
 
 
 @triton.jit
-def _input_grad_kernel(DY, W, DX, n_rows, n_out, n_in, stride_dy, stride_w, N_TILES: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       ROUNDING: tl.constexpr, INPUT_PRECISION: tl.constexpr, HALF_DOT: tl.constexpr):
-    # dx[rows, k] = dy[rows, :] @ W[:, k]: each program reads its (n_out x BLOCK_K) slab of W once.
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+def _gradient_kernel(A, B, OUT, n_p, n_r, n_in, stride_a_p, stride_a_r, stride_b, R_TILES: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                     ROUNDING: tl.constexpr, INPUT_PRECISION: tl.constexpr, HALF_DOT: tl.constexpr):
+    # out[p, k] = sum_r A[p, r] B[r, k] over all of r, rounded once and written once. Both gradients:
+    #   dx = dy @ W      p: batch rows, r: outputs (A = dy); each program reads its slab of W once
+    #   dW = dy^T @ x    p: outputs, r: batch rows (A = dy read transposed, straight from its layout)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     k = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_ok = rows < n_rows
+    p_ok = p < n_p
     k_ok = k < n_in
-    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-    for tile in range(0, N_TILES):
-        outs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        out_ok = outs < n_out
-        dy = _operand_tile(DY, rows, outs, stride_dy, 1, row_ok, out_ok, ROUNDING, HALF_DOT)
-        w = _operand_tile(W, outs, k, stride_w, 1, out_ok, k_ok, ROUNDING, HALF_DOT)
-        acc = tl.dot(dy, w, acc, input_precision=INPUT_PRECISION)
-    dx = rounded(acc, ROUNDING).to(DX.dtype.element_ty)
-    tl.store(DX + rows[:, None].to(tl.int64) * n_in + k[None, :], dx, mask=row_ok[:, None] & k_ok[None, :])
-
-
-@triton.jit
-def _weight_grad_kernel(DY, X, DW, n_rows, n_out, n_in, stride_dy, stride_x, M_TILES: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        ROUNDING: tl.constexpr, INPUT_PRECISION: tl.constexpr, HALF_DOT: tl.constexpr):
-    # dW[outs, k] = dy[:, outs]^T @ x[:, k], summed over the batch rows; written once.
-    outs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    out_ok = outs < n_out
-    k_ok = k < n_in
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for tile in range(0, M_TILES):
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
-        # dy's tile read transposed, (BLOCK_N, BLOCK_M), straight from its (rows, outs) layout.
-        dy_t = _operand_tile(DY, outs, rows, 1, stride_dy, out_ok, row_ok, ROUNDING, HALF_DOT)
-        x = _operand_tile(X, rows, k, stride_x, 1, row_ok, k_ok, ROUNDING, HALF_DOT)
-        acc = tl.dot(dy_t, x, acc, input_precision=INPUT_PRECISION)
-    dw = rounded(acc, ROUNDING).to(DW.dtype.element_ty)
-    tl.store(DW + outs[:, None].to(tl.int64) * n_in + k[None, :], dw, mask=out_ok[:, None] & k_ok[None, :])
+    acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=tl.float32)
+    for tile in range(0, R_TILES):
+        r = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+        r_ok = r < n_r
+        a = _operand_tile(A, p, r, stride_a_p, stride_a_r, p_ok, r_ok, ROUNDING, HALF_DOT)
+        b = _operand_tile(B, r, k, stride_b, 1, r_ok, k_ok, ROUNDING, HALF_DOT)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    out = rounded(acc, ROUNDING).to(OUT.dtype.element_ty)
+    tl.store(OUT + p[:, None].to(tl.int64) * n_in + k[None, :], out, mask=p_ok[:, None] & k_ok[None, :])
 
 
 def _blocks(device: torch.device) -> tuple[int, int, int]:
@@ -166,12 +148,14 @@ def _unit_stride_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch_flags(device: torch.device, n_out: int, operand_dtype: torch.dtype) -> dict:
-    """The block sizes and constexprs every kernel here takes, for an output of width n_out."""
+def _launch_config(device: torch.device, n_out: int, operand_dtype: torch.dtype
+                   ) -> tuple[int, int, int, dict]:
+    """(block of batch rows, block of outputs, block of inputs, the constexprs and warps every kernel
+    here takes) for an output of width n_out."""
     block_n, block_k, warps = _blocks(device)
-    return dict(BLOCK_M=MIN_BLOCK, BLOCK_N=max(MIN_BLOCK, min(block_n, next_pow2(n_out))), BLOCK_K=block_k,
-                ROUNDING=SUM_ROUNDING[operand_dtype], INPUT_PRECISION=_input_precision(operand_dtype),
-                HALF_DOT=not INTERPRETED, num_warps=warps)
+    return (MIN_BLOCK, max(MIN_BLOCK, min(block_n, next_pow2(n_out))), block_k,
+            dict(ROUNDING=SUM_ROUNDING[operand_dtype], INPUT_PRECISION=_input_precision(operand_dtype),
+                 HALF_DOT=not INTERPRETED, num_warps=warps))
 
 
 # Each launch is a torch custom op (see kernels/rmsnorm.py for why). bench.roofline costs the matmul at
@@ -184,12 +168,13 @@ def skinny_linear_forward(x: torch.Tensor, weight: torch.Tensor, operand_dtype: 
     (n_rows, n_in), n_out = x.shape, weight.shape[0]
     if not (n_rows and n_out and n_in):
         return x.new_zeros((n_rows, n_out), dtype=operand_dtype)
-    flags = _launch_flags(x.device, n_out, operand_dtype)
-    grid_m, grid_n = triton.cdiv(n_rows, flags["BLOCK_M"]), triton.cdiv(n_out, flags["BLOCK_N"])
-    k_tiles, splits = split_k(triton.cdiv(n_in, flags["BLOCK_K"]), grid_m * grid_n, target_programs(x.device))
+    block_m, block_n, block_k, flags = _launch_config(x.device, n_out, operand_dtype)
+    grid_m, grid_n = triton.cdiv(n_rows, block_m), triton.cdiv(n_out, block_n)
+    k_tiles, splits = split_k(triton.cdiv(n_in, block_k), grid_m * grid_n, target_programs(x.device))
     partial = torch.empty((splits, n_rows, n_out), dtype=torch.float32, device=x.device)
     _forward_kernel[(grid_m, grid_n, splits)](x, weight, partial, n_rows, n_out, n_in, x.stride(0),
-                                              weight.stride(0), K_TILES=k_tiles, **flags)
+                                              weight.stride(0), K_TILES=k_tiles, BLOCK_M=block_m,
+                                              BLOCK_N=block_n, BLOCK_K=block_k, **flags)
     # Second stage of the split-K reduction: a fixed-shape sum (bitwise reproducible), rounded once.
     return partial.sum(0).to(operand_dtype)
 
@@ -209,21 +194,22 @@ def skinny_linear_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     _check(x, weight, operand_dtype)
     dy, x, weight = _unit_stride_rows(dy), _unit_stride_rows(x), _unit_stride_rows(weight)
     (n_rows, n_in), n_out = x.shape, weight.shape[0]
-    flags = _launch_flags(x.device, n_out, operand_dtype)
-    block_m, block_n, block_k = flags["BLOCK_M"], flags["BLOCK_N"], flags["BLOCK_K"]
+    block_m, block_n, block_k, flags = _launch_config(x.device, n_out, operand_dtype)
+
+    def gradient(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, n_p: int, n_r: int, a_strides: tuple,
+                 block_p: int, block_r: int) -> None:
+        if out.numel():
+            _gradient_kernel[(triton.cdiv(n_p, block_p), triton.cdiv(n_in, block_k))](
+                a, b, out, n_p, n_r, n_in, *a_strides, b.stride(0), R_TILES=max(1, triton.cdiv(n_r, block_r)),
+                BLOCK_P=block_p, BLOCK_R=block_r, BLOCK_K=block_k, **flags)
+
     dx, dweight = x.new_empty(_NOTHING), weight.new_empty(_NOTHING)
-    if want_dx:
+    if want_dx:  # dy (rows, outputs) @ W (outputs, inputs)
         dx = output_buffer(tuple(x.shape), x.dtype, x.device, INTERPRETED)
-        if dx.numel():
-            _input_grad_kernel[(triton.cdiv(n_rows, block_m), triton.cdiv(n_in, block_k))](
-                dy, weight, dx, n_rows, n_out, n_in, dy.stride(0), weight.stride(0),
-                N_TILES=triton.cdiv(n_out, block_n), **flags)
-    if want_dweight:
+        gradient(dy, weight, dx, n_rows, n_out, (dy.stride(0), 1), block_m, block_n)
+    if want_dweight:  # dy^T (outputs, rows) @ x (rows, inputs)
         dweight = output_buffer(tuple(weight.shape), weight.dtype, weight.device, INTERPRETED)
-        if dweight.numel():
-            _weight_grad_kernel[(triton.cdiv(n_out, block_n), triton.cdiv(n_in, block_k))](
-                dy, x, dweight, n_rows, n_out, n_in, dy.stride(0), x.stride(0),
-                M_TILES=max(1, triton.cdiv(n_rows, block_m)), **flags)
+        gradient(dy, x, dweight, n_out, n_rows, (1, dy.stride(0)), block_n, block_m)
     return dx.to(x.dtype), dweight.to(weight.dtype)
 
 

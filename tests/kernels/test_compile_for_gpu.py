@@ -181,17 +181,18 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
         for rows, k, n in ((4, 294912, 512), (4, 768, 512)):
             k_tiles, _ = skinny_linear.split_k(-(-k // bk), -(-n // bn), 4 * 132)
             dims = {"n_rows": "i32", "n_out": "i32", "n_in": "i32"}
-            flags = {"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "ROUNDING": rounding,
-                     "INPUT_PRECISION": precision, "HALF_DOT": True}
+            flags = {"BLOCK_K": bk, "ROUNDING": rounding, "INPUT_PRECISION": precision, "HALF_DOT": True}
             compile_(skinny_linear._forward_kernel,
                      {"X": "*fp32", "W": "*fp32", "PARTIAL": "*fp32", **dims, "stride_x": "i32", "stride_w": "i32"},
-                     {"K_TILES": k_tiles, **flags}, warps, target)
-            compile_(skinny_linear._input_grad_kernel,
-                     {"DY": f"*{dt}", "W": "*fp32", "DX": "*fp32", **dims, "stride_dy": "i32", "stride_w": "i32"},
-                     {"N_TILES": -(-n // bn), **flags}, warps, target)
-            compile_(skinny_linear._weight_grad_kernel,
-                     {"DY": f"*{dt}", "X": "*fp32", "DW": "*fp32", **dims, "stride_dy": "i32", "stride_x": "i32"},
-                     {"M_TILES": 1, **flags}, warps, target)
+                     {"K_TILES": k_tiles, "BLOCK_M": 16, "BLOCK_N": bn, **flags}, warps, target)
+            # The gradient kernel twice, as the launcher calls it: dx = dy @ W, then dW = dy^T @ x (dy's unit
+            # stride specialised to a constexpr on the side it is read along).
+            grad = {"A": f"*{dt}", "B": "*fp32", "OUT": "*fp32", "n_p": "i32", "n_r": "i32", "n_in": "i32",
+                    "stride_b": "i32"}
+            compile_(skinny_linear._gradient_kernel, {**grad, "stride_a_p": "i32"},
+                     {"stride_a_r": 1, "R_TILES": -(-n // bn), "BLOCK_P": 16, "BLOCK_R": bn, **flags}, warps, target)
+            compile_(skinny_linear._gradient_kernel, {**grad, "stride_a_r": "i32"},
+                     {"stride_a_p": 1, "R_TILES": 1, "BLOCK_P": bn, "BLOCK_R": 16, **flags}, warps, target)
             count += 3
 print("compiled", count)
 '''
