@@ -87,17 +87,15 @@ def written_tensors(func, args: tuple, kwargs: dict, out: Any) -> list[torch.Ten
     """The tensors the op writes: the arguments it mutates (in-place foreach ops return nothing; the
     fused optimizers' gradients only under a grad scale) and its outputs, unless every output is a view
     of an input (`_unsafe_view` is one without saying so)."""
-    def argument_value(index: int, name: str) -> Any:
-        return args[index] if index < len(args) else kwargs.get(name)
-
-    names = [argument.name for argument in func._schema.arguments]
     conditional, condition = WRITTEN_ONLY_WITH.get(func._overloadpacket, (None, None))
     written = {}
     for index, argument in enumerate(func._schema.arguments):
         if argument.alias_info is not None and argument.alias_info.is_write:
-            if argument.name == conditional and argument_value(names.index(condition), condition) is None:
+            # `grad_scale` is keyword-only in those schemas, so dispatch passes it in kwargs when given.
+            if argument.name == conditional and kwargs.get(condition) is None:
                 continue
-            written.update((_key(t), t) for t in _tensors(argument_value(index, argument.name)))
+            value = args[index] if index < len(args) else kwargs.get(argument.name)
+            written.update((_key(t), t) for t in _tensors(value))
     outputs = _tensors(out)
     input_storages = {storage_id(t) for t in _tensors((args, kwargs))}
     if written or not all(storage_id(t) in input_storages for t in outputs):
