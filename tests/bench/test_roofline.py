@@ -10,7 +10,7 @@ import torch
 
 from bench.cell import CellSpec
 from bench.estimate import estimate_cell
-from bench.gpu_specs import GpuSpec, find_gpu
+from bench.gpu_specs import GPU_SPECS, GpuSpec, find_gpu
 from bench.roofline import RooflineMode, accessed_bytes
 from models import Variant, get_size
 
@@ -160,8 +160,14 @@ def test_gpu_table_lookup_prefers_the_specific_name():
     assert find_gpu("NVIDIA H100 80GB HBM3").entry == "H100 SXM"
     assert find_gpu("NVIDIA H100 PCIe").dram_gb_per_s == 2000.0
     assert find_gpu("NVIDIA H200").dram_gb_per_s == 4800.0
+    assert find_gpu("NVIDIA H200").entry == "H200 SXM"
+    assert find_gpu("NVIDIA H200 NVL").entry == "H200 NVL"
+    assert find_gpu("NVIDIA GH200 480GB").entry == "GH200"
     assert find_gpu("NVIDIA A100-SXM4-80GB").entry == "A100 SXM 80GB"
     assert find_gpu("Intel Xeon") is None
+    # First match wins, so an entry whose needle contains an earlier one's could never be selected.
+    for spec in GPU_SPECS:
+        assert find_gpu(f"NVIDIA {spec.needle}") is spec, spec.entry
 
 
 def test_estimate_cell_records_a_roofline_whose_flops_match_the_counter():
