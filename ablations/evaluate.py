@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from sklearn.metrics import roc_curve
 
 from ablations.bootstrap import BootstrapSpec

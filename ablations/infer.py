@@ -75,7 +75,8 @@ def main(argv: "list[str] | None" = None) -> int:
     p.add_argument("--prompts", nargs="+", default=None, help="pathology names (default: the 18 CT-RATE labels)")
     p.add_argument("--template", choices=sorted(TEMPLATES), default=None,
                    help="prompt template (default: the one the checkpoint was evaluated with)")
-    p.add_argument("--slope", type=float, default=None, help="RescaleSlope (default: from the metadata CSV of the CT-RATE tree holding the volume)")
+    p.add_argument("--slope", type=float, default=None,
+                   help="RescaleSlope (default: from the metadata CSV of the CT-RATE tree holding the volume)")
     p.add_argument("--intercept", type=float, default=None, help="RescaleIntercept from the metadata CSV, if any")
     p.add_argument("--rescale", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--device", default="cpu")

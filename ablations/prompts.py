@@ -43,7 +43,8 @@ def get_template(name: str) -> PromptTemplate:
         raise ValueError(f"unknown prompt template {name!r}; valid templates: {', '.join(TEMPLATES)}") from None
 
 
-def build_prompts(classes: "list[str] | tuple[str, ...]", template: "str | PromptTemplate" = DEFAULT_TEMPLATE) -> list[str]:
+def build_prompts(classes: "list[str] | tuple[str, ...]",
+                  template: "str | PromptTemplate" = DEFAULT_TEMPLATE) -> list[str]:
     """2 * len(classes) sentences, ordered [pos_0, neg_0, pos_1, neg_1, ...] (reshape to (C, 2))."""
     tpl = get_template(template) if isinstance(template, str) else template
     return [s for c in classes for s in tpl.pair(c)]

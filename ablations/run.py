@@ -201,7 +201,8 @@ def main(argv: "list[str] | None" = None) -> int:
     splits = {"train": _Subset(train_set, train_idx), "valid": valid_set}
     if calib_idx:
         splits["calibration"] = _Subset(train_set, calib_idx)
-    data_info = {"name": Path(args.data).resolve().name, "source": "synthetic" if _is_synthetic(args.data) else "ct-rate",
+    data_info = {"name": Path(args.data).resolve().name,
+                 "source": "synthetic" if _is_synthetic(args.data) else "ct-rate",
                  "n_train": len(train_idx), "n_calibration": len(calib_idx), "n_eval": len(valid_set),
                  "split": "valid", "classes": list(ABNORMALITIES)}
     out = Path(args.out)
@@ -228,7 +229,8 @@ def main(argv: "list[str] | None" = None) -> int:
                 result.data.pop("classes", None)
                 append_row(rows_path, result)
                 _write_curve(out, key, result.loss_curve)
-                auc = (result.protocols.get("ctclip") or next(iter(result.protocols.values()), {}) or {}).get("macro", {})
+                headline = result.protocols.get("ctclip") or next(iter(result.protocols.values()), {}) or {}
+                auc = headline.get("macro", {})
                 value = auc.get("auroc", {}).get("value") if auc else None
                 print(f"{key}: {result.status} in {time.perf_counter() - t0:.0f} s"
                       + (f", macro AUROC {value:.3f}" if value is not None else "")

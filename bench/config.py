@@ -2,8 +2,9 @@
 
 The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`, `matrix: true`)
 to values. Repeatable flags take one string, a list of strings, or for `only`/`exclude` a mapping
-`{attention: [math, sdpa], vq: off}`. Beware YAML flow lists: `[attention=math,sdpa]` is two items. Unknown keys, values of the wrong type and files that are not a
-mapping are rejected before anything runs, with a message naming the key and the file.
+`{attention: [math, sdpa], vq: off}`. Beware YAML flow lists: `[attention=math,sdpa]` is two items.
+Unknown keys, values of the wrong type and files that are not a mapping are rejected before anything
+runs, with a message naming the key and the file.
 """
 
 from __future__ import annotations

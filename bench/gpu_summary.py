@@ -255,7 +255,8 @@ def environment_section(out: Path, plan: Plan) -> tuple[list[str], dict[str, Any
         lines.append(f"- CUDA autocast policy: {policy}")
     if micro:
         peak = micro.get("peak")
-        frac = f" ({_pct(micro['matmul_fraction_of_peak'])} of {peak['entry']} {peak['tflops']} TFLOP/s)" if peak else ""
+        frac = (f" ({_pct(micro['matmul_fraction_of_peak'])} of {peak['entry']} {peak['tflops']} TFLOP/s)"
+                if peak else "")
         lines.append(f"- copy bandwidth {micro['copy_gbps']:.0f} GB/s ({micro['copy_bytes'] / GIB:.3g} GiB tensor, "
                      f"bytes read + written); {micro['matmul_dtype']} matmul {micro['matmul_n']}^3: "
                      f"{micro['matmul_tflops']:.1f} TFLOP/s{frac}; timer {micro.get('timer')}")

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep timing until this many seconds have passed (default: 2 on GPU, 0 on CPU)")
     p.add_argument("--attempts", type=int, default=None,
                    help="timing windows to try when one is disturbed by other load (default: 3 on CPU, 1 on GPU)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per cell before it is killed (default 300 CPU, 600 GPU)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per cell before it is killed (default 300 CPU, 600 GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads in each cell; 0 keeps torch's default (default: 1 on CPU, 0 on GPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")

@@ -52,7 +52,8 @@ def render(results: list[Result]) -> str:
     base_mem = memory_figure(base)[0] if base else None
     label = next((memory_figure(r)[1] for r in results if memory_figure(r)[0] is not None), "memory")
     show_rss = any(r.memory.cpu_peak_rss_bytes for r in results)
-    headers = (["variant", "status", f"mem GiB ({label})"] + (["peak RSS GiB (process)"] if show_rss else []) + [f"{_STAGE_HEADERS[s]} ms" for s in STAGES]
+    headers = (["variant", "status", f"mem GiB ({label})"] + (["peak RSS GiB (process)"] if show_rss else [])
+               + [f"{_STAGE_HEADERS[s]} ms" for s in STAGES]
                + ["step ms", "Δstep %", "Δmem %", "GFLOP/step", "TFLOP/s", "MFU", "notes"])
     rows = []
     for r in results:

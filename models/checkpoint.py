@@ -81,7 +81,8 @@ def load_upstream_checkpoint(model: CTCLIP, source: "str | Path | Mapping[str, t
     for axis, allowed in _REQUIRED_AXES.items():
         if getattr(model.variant, axis) not in allowed:
             raise CheckpointError(
-                f"upstream CT-CLIP weights need {axis} in {allowed}; this model has {axis}={getattr(model.variant, axis)}"
+                f"upstream CT-CLIP weights need {axis} in {allowed}; "
+                f"this model has {axis}={getattr(model.variant, axis)}"
             )
     if isinstance(source, (str, Path)):
         path = Path(source)

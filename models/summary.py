@@ -91,7 +91,8 @@ def main(argv: "list[str] | None" = None) -> int:
     with torch.device("meta"):
         model = CTCLIP(variant, size)
     print(f"variant: {variant.key}   size: {size.name} ({size.notes})")
-    rows = [(r.name, r.kind, f"{r.params:,}", f"{r.buffers:,}" if r.buffers else "") for r in module_rows(model, args.depth)]
+    rows = [(r.name, r.kind, f"{r.params:,}", f"{r.buffers:,}" if r.buffers else "")
+            for r in module_rows(model, args.depth)]
     print(tabulate(rows, headers=["module", "type", "parameters", "buffers"], tablefmt="github", disable_numparse=True))
     print()
     print(tabulate([(k, f"{v:,}") for k, v in component_totals(model).items()], headers=["component", "count"],

@@ -21,7 +21,8 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablations.data.bench_preprocess", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ablations.data.bench_preprocess",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
     parser.add_argument("--n", type=int, default=3, help="volumes to generate and time (default 3)")
     parser.add_argument("--src", type=Path, help="an existing CT-RATE tree to read instead of generating one")

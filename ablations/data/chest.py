@@ -35,8 +35,9 @@ def aorta_path(a: Anatomy) -> list[Vec3]:
     rx, ry, rz = (r * a.heart_scale for r in a.heart_radii)
     ty, cz = a.trachea_y, a.carina_z
     desc_y = a.spine_y - a.spine_radius - 6.0
-    return [(hx - 0.35 * rx, hy + 0.2 * ry, hz + 0.55 * rz), (-18.0, ty - 28.0, cz + 5.0), (-10.0, ty - 22.0, cz + 32.0),
-            (6.0, ty - 4.0, cz + 42.0), (22.0, desc_y - 8.0, cz + 26.0), (25.0, desc_y, cz - 20.0), (22.0, desc_y, -400.0)]
+    return [(hx - 0.35 * rx, hy + 0.2 * ry, hz + 0.55 * rz), (-18.0, ty - 28.0, cz + 5.0),
+            (-10.0, ty - 22.0, cz + 32.0), (6.0, ty - 4.0, cz + 42.0), (22.0, desc_y - 8.0, cz + 26.0),
+            (25.0, desc_y, cz - 20.0), (22.0, desc_y, -400.0)]
 
 
 def coronary_paths(a: Anatomy) -> dict[str, list[Vec3]]:
@@ -174,7 +175,8 @@ def _skeleton(c: Canvas, a: Anatomy) -> None:
     c.paint(full, lambda z, y, x: ((x / sr) ** 2 + ((y - sy) / sr) ** 2 <= 1) & ~vertebra(z), HU[T.SOFT], T.SOFT)
     canal_y = sy + sr + 9.0
     c.paint(full, lambda z, y, x: ((x / 13) ** 2 + ((y - canal_y) / 13) ** 2 <= 1) & vertebra(z), HU[T.BONE], T.BONE)
-    c.paint(full, lambda z, y, x: (np.abs(x) < 4) & (y > canal_y) & (y < canal_y + 35) & vertebra(z), HU[T.BONE], T.BONE)
+    c.paint(full, lambda z, y, x: (np.abs(x) < 4) & (y > canal_y) & (y < canal_y + 35) & vertebra(z),
+            HU[T.BONE], T.BONE)
     c.paint(full, lambda z, y, x: (x / 8) ** 2 + ((y - canal_y) / 8) ** 2 <= 1, HU[T.FLUID], T.FLUID)
 
     ca, cb = a.cavity_ab

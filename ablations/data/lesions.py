@@ -82,8 +82,8 @@ def _metal(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
         device = (side * 0.5 * a.body_a, front, a.z_top - 35.0)
         radii = (22.0, 5.0, 17.0) if f.kind == "pacemaker" else (12.0, 6.0, 12.0)
         c.ellipsoid(device, radii, METAL_HU, L)
-        c.tube([device, (side * 0.25 * a.body_a, front + 15.0, a.z_top - 10.0), (-32.0, a.trachea_y - 20.0, a.z_top), svc,
-                atrium], wire, METAL_HU, L, where=_SOFTISH)
+        c.tube([device, (side * 0.25 * a.body_a, front + 15.0, a.z_top - 10.0),
+                (-32.0, a.trachea_y - 20.0, a.z_top), svc, atrium], wire, METAL_HU, L, where=_SOFTISH)
     elif f.kind == "sternotomy wires":
         st_y = a.body_cy - a.cavity_ab[1] - 6.0
         for z in np.linspace(a.heart_c[2], a.z_top - 15.0, 5):
@@ -121,16 +121,20 @@ def _coronary_calcium(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generato
 
 def _station(a: Anatomy, name: str) -> Vec3:
     ty, cz, ca = a.trachea_y, a.carina_z, a.cavity_ab[0]
-    return {"right paratracheal": (-(a.trachea_radius + 12.0), ty, cz + 22.0), "subcarinal": (0.0, ty + 14.0, cz - 20.0),
-            "prevascular": (2.0, ty - 45.0, cz + 22.0), "right hilar": (-0.3 * ca - 8.0, ty + 4.0, cz - 34.0),
-            "left hilar": (0.33 * ca + 8.0, ty + 8.0, cz - 42.0), "aortopulmonary window": (20.0, ty - 10.0, cz + 6.0)}[name]
+    return {"right paratracheal": (-(a.trachea_radius + 12.0), ty, cz + 22.0),
+            "subcarinal": (0.0, ty + 14.0, cz - 20.0),
+            "prevascular": (2.0, ty - 45.0, cz + 22.0),
+            "right hilar": (-0.3 * ca - 8.0, ty + 4.0, cz - 34.0),
+            "left hilar": (0.33 * ca + 8.0, ty + 8.0, cz - 42.0),
+            "aortopulmonary window": (20.0, ty - 10.0, cz + 6.0)}[name]
 
 
 @_painter("Lymphadenopathy")
 def _nodes(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) -> None:
     for site, short_axis in zip(f.sites, f.sizes):
         r = short_axis / 2
-        c.ellipsoid(_station(a, site), _vis3(c, (r * 1.15, r, r * 1.4)), 38.0, L, where=(T.FAT, T.LUNG, T.VESSEL, T.SOFT))
+        c.ellipsoid(_station(a, site), _vis3(c, (r * 1.15, r, r * 1.4)), 38.0, L,
+                    where=(T.FAT, T.LUNG, T.VESSEL, T.SOFT))
 
 
 @_painter("Emphysema")
@@ -154,7 +158,8 @@ def _atelectasis(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generator) ->
             half = rng.uniform(18, 30)
             c.capsule(tuple(p - d * half), tuple(p + d * half), _vis(c, 2.5), 25.0, L, where=_LUNGISH)
         else:
-            c.ellipsoid(tuple(p), (rng.uniform(18, 28), rng.uniform(8, 12), rng.uniform(12, 20)), 30.0, L, where=_LUNGISH)
+            radii = (rng.uniform(18, 28), rng.uniform(8, 12), rng.uniform(12, 20))
+            c.ellipsoid(tuple(p), radii, 30.0, L, where=_LUNGISH)
 
 
 @_painter("Lung nodule")
@@ -213,7 +218,8 @@ def _pleural_effusion(c: Canvas, a: Anatomy, f: Finding, rng: np.random.Generato
             half = np.sqrt(np.clip(1 - (x / (ca * s + 1e-3)) ** 2, 0, 1))
             posterior = a.body_cy + cb * s * half  # the cavity's back wall at this x
             taper = np.clip((top - z) / (top - base), 0.0, 1.0)  # the fluid layer thins towards its meniscus
-            return (sign * x > 0) & (y > posterior - depth * (0.3 + taper)) & a.in_cavity(z, y, x) & (z > a.diaphragm_z(y, x))
+            return ((sign * x > 0) & (y > posterior - depth * (0.3 + taper)) & a.in_cavity(z, y, x)
+                    & (z > a.diaphragm_z(y, x)))
 
         box = c.grid.box((min(0, sign * ca), a.body_cy - cb, base), (max(0, sign * ca), a.body_cy + cb, top))
         c.paint(box, mask, HU[T.FLUID] + 2.0, L, where=(T.LUNG, T.VESSEL, T.LESION, T.AIRWAY, T.AIRWAY_WALL))

@@ -28,8 +28,8 @@ def _sentence(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
     lobes = _join(f.sites) if f.sites else ""
     n = f.name
     if n == "Medical material":
-        text = {"pacemaker": "A cardiac pacemaker is seen in the left anterior chest wall with its leads extending into "
-                             "the right heart cavities.",
+        text = {"pacemaker": "A cardiac pacemaker is seen in the left anterior chest wall with its leads "
+                             "extending into the right heart cavities.",
                 "sternotomy wires": "Sternotomy wires are present, consistent with previous cardiac surgery.",
                 "port catheter": "A port catheter is seen in the right anterior chest wall, its tip in the superior "
                                  "vena cava.",
@@ -37,7 +37,8 @@ def _sentence(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
         return text, {"pacemaker": "Pacemaker.", "sternotomy wires": "Sternotomy wires.",
                       "port catheter": "Port catheter.", "surgical clips": "Surgical clips."}[f.kind]
     if n == "Arterial wall calcification":
-        return (pick(f"{f.kind.capitalize()} calcific atherosclerotic plaques are seen in the wall of the thoracic aorta.",
+        return (pick(f"{f.kind.capitalize()} calcific atherosclerotic plaques are seen in the wall of the "
+                     "thoracic aorta.",
                      f"{f.kind.capitalize()} arterial wall calcification in the aortic arch and descending aorta."),
                 "Atherosclerotic calcification of the thoracic aorta.")
     if n == "Cardiomegaly":
@@ -70,10 +71,12 @@ def _sentence(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
             text = f"Multiple {kind}pulmonary nodules are seen, measuring {parts}."
         return text, pick("Pulmonary nodule.", "Lung nodule.") if len(f.sites) == 1 else "Pulmonary nodules."
     if n == "Lung opacity":
-        return (pick(f"Ground-glass opacities are seen in the {lobes}.", f"Patchy ground glass density areas in the {lobes}."),
+        return (pick(f"Ground-glass opacities are seen in the {lobes}.",
+                     f"Patchy ground glass density areas in the {lobes}."),
                 "Ground-glass opacities.")
     if n == "Pulmonary fibrotic sequela":
-        return (pick(f"Fibrotic sequelae ({'linear bands' if f.kind == 'bands' else 'reticular changes'}) in the {lobes}.",
+        pattern = "linear bands" if f.kind == "bands" else "reticular changes"
+        return (pick(f"Fibrotic sequelae ({pattern}) in the {lobes}.",
                      f"Sequelae fibrotic changes are observed in the {lobes}."), "Fibrotic sequelae.")
     if n == "Pleural effusion":
         where = "bilateral" if len(f.sites) == 2 else f.sites[0]
@@ -81,7 +84,8 @@ def _sentence(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
         return (f"There is {where} pleural effusion, measuring {depth} in its thickest part.",
                 f"{where.capitalize()} pleural effusion.")
     if n == "Mosaic attenuation pattern":
-        return (pick("A mosaic attenuation pattern is seen in both lungs.", "Mosaic attenuation pattern in both lungs."),
+        return (pick("A mosaic attenuation pattern is seen in both lungs.",
+                     "Mosaic attenuation pattern in both lungs."),
                 "Mosaic attenuation pattern.")
     if n == "Peribronchial thickening":
         return (pick(f"Peribronchial thickening in the {lobes}.", f"Bronchial wall thickening is seen in the {lobes}."),
@@ -120,7 +124,8 @@ NEGATIONS: dict[str, tuple[str, ...]] = {
 }
 
 _NEUTRAL = ("Trachea and both main bronchi are open.", "Thoracic aorta diameter is normal.",
-            "Oesophagus is of normal calibre along its visible course.", "Bone structures in the study area are natural.",
+            "Oesophagus is of normal calibre along its visible course.",
+            "Bone structures in the study area are natural.",
             "Upper abdominal organs included in the sections are unremarkable.")
 
 

@@ -1,7 +1,6 @@
 """`python -m ablations.run` end to end on a few phantoms (rows, resume, YAML config, reports hook) and
 `python -m ablations.infer` on one of its checkpoints."""
 
-import json
 
 import pytest
 

@@ -74,7 +74,8 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(two_process_
         assert loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
         assert set(grads) == set(reference)
         for name, grad in reference.items():
-                        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5 * scale, msg=lambda m, c=case, n=name: f"{c} {n}: {m}")
+                        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5 * scale,
+                                                   msg=lambda m, c=case, n=name: f"{c} {n}: {m}")
     # The comparison can fail: half the batch alone gives different gradients.
     half = _model(loss_name)
     half(volumes[:3], ids[:3], mask[:3]).loss.backward()

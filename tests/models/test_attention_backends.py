@@ -18,7 +18,8 @@ CPU = torch.device("cpu")
 
 def _cpu_backends(with_bias: bool, training: bool = True) -> list[str]:
     variant = Variant(position="cpb" if with_bias else "none")
-    names = [n for n in ATTENTION.names() if n != "math" and ATTENTION.supports(n, variant.replace(attention=n), CPU) is None]
+    names = [n for n in ATTENTION.names()
+             if n != "math" and ATTENTION.supports(n, variant.replace(attention=n), CPU) is None]
     return names
 
 
@@ -35,7 +36,8 @@ def _inputs(dtype, with_bias, seed=0):
 def _run(name, dtype, q, k, v, bias, grad_out):
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     # The bias stays fp32 as CT-CLIP computes it; fp64 only for the reference run.
-    bias_leaf = None if bias is None else bias.detach().to(torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_()
+    bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    bias_leaf = None if bias is None else bias.detach().to(bias_dtype).requires_grad_()
     out = ATTENTION.get(name).impl(*leaves, bias_leaf, LOGIT_SCALE)
     out.backward(grad_out.to(out.dtype))
     grads = [t.grad for t in leaves] + ([bias_leaf.grad] if bias_leaf is not None else [])

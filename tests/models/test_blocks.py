@@ -109,7 +109,8 @@ def test_vq_forward_ema_update_and_straight_through_gradient(impl, monkeypatch):
     vq = VQ_IMPLS.get(impl).impl(dim=8, codebook_size=16).train()
     # Non-contiguous input; 22 tokens over 16 codes leave some codes empty (the EMA keeps those).
     x = torch.randn(2, 8, 11).transpose(1, 2).requires_grad_()
-    expected_q, expected_embed, expected_sizes = _upstream_vq_step(vq.embed[0].clone(), vq.cluster_size[0].clone(), x.detach())
+    expected_q, expected_embed, expected_sizes = _upstream_vq_step(vq.embed[0].clone(), vq.cluster_size[0].clone(),
+                                                                   x.detach())
     out = vq(x)
     torch.testing.assert_close(out, expected_q)
     torch.testing.assert_close(vq.embed[0], expected_embed)

@@ -27,7 +27,8 @@ def upstream_state_dict(size=TINY, seed=0) -> dict:
         shapes |= {f"{v}{prefix}.1.weight": (width,), f"{v}{prefix}.1.bias": (width,),
                    f"{v}{prefix}.2.weight": (d, width), f"{v}{prefix}.2.bias": (d,),
                    f"{v}{prefix}.3.weight": (d,), f"{v}{prefix}.3.bias": (d,)}
-    for stage, depth in (("enc_spatial_transformer", size.spatial_depth), ("enc_temporal_transformer", size.temporal_depth)):
+    for stage, depth in (("enc_spatial_transformer", size.spatial_depth),
+                         ("enc_temporal_transformer", size.temporal_depth)):
         for i in range(depth):
             layer = f"{v}{stage}.layers.{i}."
             shapes |= {layer + "0.dsconv.weight": (d, 1, 3, 3, 3), layer + "0.dsconv.bias": (d,),
@@ -78,7 +79,8 @@ def test_upstream_checkpoint_loads_into_the_faithful_variant(tmp_path):
         v + "spatial_rel_pos_bias.net.1.0.weight": model.visual_encoder.position.net[1][0].weight,
         v + "enc_spatial_transformer.layers.1.0.dsconv.weight": model.visual_encoder.spatial.layers[1].peg.conv.weight,
         v + "enc_temporal_transformer.layers.0.1.norm.gamma": model.visual_encoder.temporal.layers[0].attn.norm.weight,
-        v + "enc_temporal_transformer.layers.1.1.to_kv.weight": model.visual_encoder.temporal.layers[1].attn.to_kv.weight,
+        v + "enc_temporal_transformer.layers.1.1.to_kv.weight":
+            model.visual_encoder.temporal.layers[1].attn.to_kv.weight,
         v + "enc_spatial_transformer.layers.0.1.q_scale": model.visual_encoder.spatial.layers[0].attn.q_scale,
         v + "enc_spatial_transformer.layers.0.3.0.bias": model.visual_encoder.spatial.layers[0].ff.norm.bias,
         v + "enc_spatial_transformer.layers.0.3.1.weight": model.visual_encoder.spatial.layers[0].ff.proj_in.weight,

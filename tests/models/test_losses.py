@@ -28,7 +28,8 @@ def test_softmax_loss_equals_upstream_formula():
     text, image = _latents()
     for t in (0.0, 1.0, 2.5):
         temperature = torch.tensor(t)
-        torch.testing.assert_close(softmax_clip_loss(text, image, temperature), _upstream_softmax_loss(text, image, temperature))
+        torch.testing.assert_close(softmax_clip_loss(text, image, temperature),
+                                   _upstream_softmax_loss(text, image, temperature))
 
 
 def test_siglip_loss_equals_pairwise_sum():
@@ -59,5 +60,6 @@ def test_forward_returns_latents_scale_bias_and_loss():
     assert out.text_latents.shape == out.image_latents.shape == (3, 16)
     torch.testing.assert_close(out.text_latents.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(out.image_latents.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(out.loss, siglip_loss(out.text_latents, out.image_latents, model.temperature, model.logit_bias))
+    expected = siglip_loss(out.text_latents, out.image_latents, model.temperature, model.logit_bias)
+    torch.testing.assert_close(out.loss, expected)
     assert out.logit_bias is model.logit_bias

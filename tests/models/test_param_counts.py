@@ -21,7 +21,8 @@ def _paper_model(variant: Variant) -> CTCLIP:
 def test_faithful_paper_counts_equal_upstream():
     totals = component_totals(_paper_model(Variant.faithful()))
     unused_context_norm_gains = 8 * 512
-    assert totals["visual encoder path (patch embed + position + both transformers)"] == 23_425_864 - unused_context_norm_gains
+    visual_path = totals["visual encoder path (patch embed + position + both transformers)"]
+    assert visual_path == 23_425_864 - unused_context_norm_gains
     assert totals["image projection"] == 150_994_944 == 294_912 * 512
     assert totals["text projection"] == 393_216
     assert totals["text trunk"] == 108_891_648

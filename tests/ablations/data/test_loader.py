@@ -32,7 +32,8 @@ def test_reads_generated_tree(tiny_tree):
 
 
 def _write(path, data_dhw, spacing, slope_inter=None):
-    img = nib.Nifti1Image(data_dhw.transpose(1, 2, 0).astype(np.int16), np.diag([spacing[1], spacing[2], spacing[0], 1]))
+    affine = np.diag([spacing[1], spacing[2], spacing[0], 1])
+    img = nib.Nifti1Image(data_dhw.transpose(1, 2, 0).astype(np.int16), affine)
     img.header.set_data_dtype(np.int16)
     if slope_inter:
         img.header.set_slope_inter(*slope_inter)
