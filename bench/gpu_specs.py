@@ -2,8 +2,8 @@
 
 MFU divides by the peak (bench.flops); the roofline estimate (bench.roofline) uses both. Figures are
 NVIDIA's datasheet values without sparsity; a card is matched by substring of
-`torch.cuda.get_device_name()`, first match wins, so specific names (PCIe, NVL, 80GB) come before the
-general ones.
+`torch.cuda.get_device_name()`, the longest matching needle winning, so "H100 NVL" beats "H100" and
+"GH200" beats "H200" wherever they sit in the table.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ GPU_SPECS: tuple[GpuSpec, ...] = (
     GpuSpec("H100 PCIe", "H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}, 2000.0),
     GpuSpec("H100 NVL", "H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}, 3900.0),
     GpuSpec("H100", "H100 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}, 3350.0),
-    # "GH200" and "H200 NVL" contain "H200", so they come before it.
-    GpuSpec("GH200", "GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}, 4000.0),
-    GpuSpec("H200 NVL", "H200 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}, 4800.0),
     GpuSpec("H200", "H200 SXM", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}, 4800.0),
+    GpuSpec("H200 NVL", "H200 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}, 4800.0),
+    GpuSpec("GH200", "GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}, 4000.0),
     GpuSpec("B200", "B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0}, 8000.0),
     GpuSpec("A100 80GB PCIe", "A100 80GB PCIe", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
             1935.0),
@@ -39,8 +38,7 @@ GPU_SPECS: tuple[GpuSpec, ...] = (
 
 
 def find_gpu(device_name: str) -> GpuSpec | None:
-    """The first entry whose needle occurs in `device_name` (e.g. "NVIDIA H100 80GB HBM3"), or None."""
-    for spec in GPU_SPECS:
-        if spec.needle in device_name:
-            return spec
-    return None
+    """The most specific entry (longest needle) whose needle occurs in `device_name` (e.g. "NVIDIA H100 80GB
+    HBM3"), or None."""
+    return max((spec for spec in GPU_SPECS if spec.needle in device_name),
+               key=lambda spec: len(spec.needle), default=None)

@@ -165,7 +165,7 @@ def test_gpu_table_lookup_prefers_the_specific_name():
     assert find_gpu("NVIDIA GH200 480GB").entry == "GH200"
     assert find_gpu("NVIDIA A100-SXM4-80GB").entry == "A100 SXM 80GB"
     assert find_gpu("Intel Xeon") is None
-    # First match wins, so an entry whose needle contains an earlier one's could never be selected.
+    # Every entry is selected by its own needle, however many shorter needles that name also contains.
     for spec in GPU_SPECS:
         assert find_gpu(f"NVIDIA {spec.needle}") is spec, spec.entry
 
