@@ -151,11 +151,17 @@ class Anatomy:
         for _ in range(200):
             cand = np.stack([sign * rng.uniform(self.mediastinum_hw, ca, 512), rng.uniform(-cb, cb, 512)
                              + self.body_cy, rng.uniform(dome, self.z_top, 512)], axis=1)
+            # Test the cheap conditions on all candidates, the rest only on the survivors (most of a
+            # lobe's bounding box is outside it); the points kept, and their order, are the same.
             x, y, z = cand[:, 0], cand[:, 1], cand[:, 2]
-            ok = self.in_lung(z, y, x) & (self.lobe_of(z, y, x) == lobe_index)
-            for dx, dy, dz in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
-                ok &= self.in_lung(z + dz * margin, y + dy * margin, x + dx * margin)
-            found.extend(cand[ok])
+            cand = cand[self.in_lung(z, y, x)]
+            x, y, z = cand[:, 0], cand[:, 1], cand[:, 2]
+            cand = cand[self.lobe_of(z, y, x) == lobe_index]
+            if margin > 0:
+                for dx, dy, dz in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+                    x, y, z = cand[:, 0], cand[:, 1], cand[:, 2]
+                    cand = cand[self.in_lung(z + dz * margin, y + dy * margin, x + dx * margin)]
+            found.extend(cand)
             if len(found) >= n:
                 return np.array(found[:n])
         if margin > 0:

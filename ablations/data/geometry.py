@@ -74,7 +74,12 @@ class Canvas:
         zs, ys, xs = box
         if zs.start >= zs.stop or ys.start >= ys.stop or xs.start >= xs.stop:
             return 0
-        allowed = None if where is None else np.array(sorted(set(where)), dtype=np.uint8)
+        # Tissue labels are uint8, so a 256-entry table answers "is this label allowed" in one gather
+        # (np.isin sorts and searches on every call: most of a small capsule's cost).
+        allowed = None
+        if where is not None:
+            allowed = np.zeros(256, dtype=bool)
+            allowed[list(where)] = True
         y, x = self.grid.coord(1, ys)[:, None], self.grid.coord(2, xs)[None, :]
         slab = max(1, _SLAB_VOXELS // ((ys.stop - ys.start) * (xs.stop - xs.start)))
         painted = 0
@@ -84,7 +89,7 @@ class Canvas:
             mask = np.broadcast_to(mask_fn(z, y[None], x[None]), (sl.stop - sl.start, y.shape[0], x.shape[1]))
             sub = (sl, ys, xs)
             if allowed is not None:
-                mask = mask & np.isin(self.tissue[sub], allowed)
+                mask = mask & allowed[self.tissue[sub]]
             if not mask.any():
                 continue
             if callable(value):
