@@ -16,6 +16,7 @@ from bench import store
 from bench.gpu_plan import Plan
 from bench.result import Result
 from models import Variant
+from reports.stats import median_ratio_ci
 
 GIB = 2**30
 # The seed's README (batch 16, fp16 AMP, device-wide memory): FA+SwiGLU+RMSNorm+SigLIP against
@@ -40,6 +41,10 @@ def step_of(r: Result) -> float | None:
     return r.stages["step"].median if r.status == "ok" and "step" in r.stages else None
 
 
+def step_samples(r: Result | None) -> list[float] | None:
+    return r.stages["step"].samples if r is not None and step_of(r) is not None else None
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -51,6 +56,11 @@ def _error(predicted: float | None, measured: float | None) -> float | None:
 
 def _x(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}x"
+
+
+def _x_ci(ratio: float | None, interval: list[float] | tuple[float, float] | None) -> str:
+    """0.940x [0.93, 0.95]: the ratio and its 95 % bootstrap interval (reports/stats.py)."""
+    return _x(ratio) + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if ratio is not None and interval else "")
 
 
 def _pct(v: float | None) -> str:
@@ -80,6 +90,7 @@ def row(r: Result, base: Result | None) -> dict[str, Any]:
     return {"variant": r.variant_key, "status": r.status, "reason": r.reason or (r.message or "").split("\n")[0][:160],
             "step_s": step_of(r), "memory_bytes": mem, "memory_kind": mem_kind,
             "time_ratio": _ratio(step_of(r), step_of(base) if base else None),
+            "time_ratio_ci": None if r is base else median_ratio_ci(step_samples(r), step_samples(base)),
             "memory_ratio": _ratio(mem, base_mem), "tflops_per_s": r.tflops_per_s, "mfu": r.mfu,
             "hfu": r.hfu, "position": r.variant.get("position")}
 
@@ -93,9 +104,9 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {d['variant']} | {d['status']}: {d['reason']} | | | | | | | |")
             continue
         tf = "n/a" if d["tflops_per_s"] is None else f"{d['tflops_per_s']:.3g}"
-        lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {_gib(d['memory_bytes'])} | "
-                     f"{_x(d['time_ratio'])} | {_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} | "
-                     f"{_pct(d['hfu'])} |")
+        time_x = _x_ci(d["time_ratio"], d["time_ratio_ci"])
+        lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {_gib(d['memory_bytes'])} | {time_x} | "
+                     f"{_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} | {_pct(d['hfu'])} |")
     return lines
 
 
@@ -107,6 +118,7 @@ def paper_section(results: list[Result], precision: str, size: str) -> tuple[lis
     base = _baseline(results)
     rows = [row(r, base) for r in results]
     by_key = {d["variant"]: d for d in rows}
+    by_result = {r.variant_key: r for r in results}
     modern = by_key.get(Variant.modern().replace(precision=precision).key)
     faithful = by_key.get(Variant.faithful().replace(precision=precision).key)
     lines = [f"## Paper design, {size} size, {precision}", ""] + _table(rows) + [""]
@@ -114,10 +126,12 @@ def paper_section(results: list[Result], precision: str, size: str) -> tuple[lis
     if modern and faithful and modern["status"] == faithful["status"] == "ok":
         head.update(memory_ratio=_ratio(modern["memory_bytes"], faithful["memory_bytes"]),
                     time_ratio=_ratio(modern["step_s"], faithful["step_s"]),
+                    time_ratio_ci=median_ratio_ci(*(step_samples(by_result[d["variant"]]) for d in (modern, faithful))),
                     mfu_faithful=faithful["mfu"], mfu_modern=modern["mfu"])
         lines += [f"**Modern (FA + SwiGLU + RMSNorm + SigLIP) against faithful (SA + GEGLU + LN + softmax), "
                   f"measured in this run:** memory {_x(head['memory_ratio'])} ({modern['memory_kind']}), "
-                  f"step time {_x(head['time_ratio'])}. The seed published {SEED_MEMORY_RATIO}x memory and "
+                  f"step time {_x_ci(head['time_ratio'], head['time_ratio_ci'])}. "
+                  f"The seed published {SEED_MEMORY_RATIO}x memory and "
                   f"{SEED_TIME_RATIO}x step time (\"1.06x faster\"; batch 16, fp16 AMP, device-wide memory).",
                   f"MFU: faithful {_pct(faithful['mfu'])}, modern {_pct(modern['mfu'])}.", ""]
     else:
@@ -139,7 +153,8 @@ def targets_section(targets: list[Result], paper: list[Result]) -> tuple[list[st
     lean_pool = [d for d in ok if d["memory_ratio"] is not None and d["time_ratio"] <= TARGET_LEAN_TIME]
     fast_ok = fast["time_ratio"] <= TARGET_FAST_TIME and (fast["mfu"] or 0) >= TARGET_FAST_MFU
     out["fastest"] = dict(fast, reached=fast_ok)
-    lines.append(f"- Fastest: {fast['variant']}: {_x(fast['time_ratio'])} step time, MFU {_pct(fast['mfu'])} "
+    fast_x = _x_ci(fast["time_ratio"], fast["time_ratio_ci"])
+    lines.append(f"- Fastest: {fast['variant']}: {fast_x} step time, MFU {_pct(fast['mfu'])} "
                  f"(target <= {TARGET_FAST_TIME}x with MFU >= {TARGET_FAST_MFU:.0%}): "
                  f"{'reached' if fast_ok else 'not reached'}.")
     if lean_pool:
@@ -147,7 +162,7 @@ def targets_section(targets: list[Result], paper: list[Result]) -> tuple[list[st
         lean_ok = lean["memory_ratio"] <= TARGET_LEAN_MEMORY
         out["leanest"] = dict(lean, reached=lean_ok)
         lines.append(f"- Leanest with step time <= {TARGET_LEAN_TIME}x: {lean['variant']}: "
-                     f"{_x(lean['memory_ratio'])} memory, {_x(lean['time_ratio'])} time "
+                     f"{_x(lean['memory_ratio'])} memory, {_x_ci(lean['time_ratio'], lean['time_ratio_ci'])} time "
                      f"(target <= {TARGET_LEAN_MEMORY}x): {'reached' if lean_ok else 'not reached'}.")
     else:
         lines.append(f"- Leanest: no candidate kept its step time within {TARGET_LEAN_TIME}x.")
@@ -268,7 +283,9 @@ def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, 
     env_lines, env = environment_section(out, plan)
     budget_s = sum(p.budget_s for p in parts)  # as scaled by --budget
     lines = [f"# bench.gpu_check: {title}", "", f"Finished in {total_s:.0f} s of a {budget_s:.0f} s budget.",
-             ""] + env_lines
+             "Step-time ratios are value / baseline from the same run; the brackets after one are its 95 % "
+             "bootstrap interval over the two cells' timed steps (reports/stats.py: noise within each process, "
+             "not run-to-run variation).", ""] + env_lines
     data: dict[str, Any] = {"dry_run": plan.dry_run, "elapsed_s": total_s, "environment": env}
     measured: list[Result] = []
     by_name = {p.name: _read(out / "results" / f"{p.name}.jsonl") for p in plan.cell_parts}

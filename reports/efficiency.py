@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from reports import labels, schema
 from reports.load import EffRow, latest
+from reports.stats import CONFIDENCE, Interval, median_ci, median_ratio_ci
 from reports.table import Column, Context, Table, decimals, uniform
 
 GIB = schema.GIB
@@ -109,6 +110,38 @@ def _stage_ms(row: EffRow, stage: str, stat: str = "median") -> float | None:
     return getattr(s, stat) * 1e3 if s is not None else None
 
 
+def _samples(row: EffRow, stage: str) -> tuple[float, ...]:
+    s = row.stages.get(stage)
+    return s.samples if s is not None and row.status == "ok" else ()
+
+
+def ratio_intervals(rows: list[EffRow], stage: str, base: EffRow | None) -> list[Interval | None]:
+    """Per row, the bootstrap interval of its median time over the baseline's; None for the baseline
+    itself and wherever either row kept too few samples."""
+    base_samples = _samples(base, stage) if base is not None else ()
+    return [None if r is base else median_ratio_ci(_samples(r, stage), base_samples) for r in rows]
+
+
+def _ms_intervals(rows: list[EffRow], stage: str) -> list[tuple[float, float] | None]:
+    out = []
+    for r in rows:
+        ci = median_ci(_samples(r, stage))
+        out.append((ci[0] * 1e3, ci[1] * 1e3) if ci else None)
+    return out
+
+
+def interval_note(columns: list[Column]) -> list[str]:
+    """The caption sentence for ratio intervals, when a shown column has any."""
+    if not any(c.change_ci and any(c.change_ci) for c in columns if c.show):
+        return []
+    return [
+        f"Square brackets after a step-time ratio: its {CONFIDENCE:.0%} bootstrap interval (each row's timed "
+        "steps resampled on their own; reports/stats.py). It covers the noise among one process's steps, "
+        "not drift within a run or run-to-run variation; an interval that contains 1.00× is a difference "
+        "this run did not resolve."
+    ]
+
+
 def _gib(x: float | None) -> float | None:
     return x / GIB if x is not None else None
 
@@ -138,9 +171,10 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
     for m in mem:
         cols.append(_with_change(m.header, [_gib(m.get(r)) for r in rows], bi, "min", at_least=3))
     for stage in STAGE_ORDER:
-        cols.append(
-            _with_change(f"{STAGE_HEADERS[stage]} (ms)", [_stage_ms(r, stage) for r in rows], bi, "min")
-        )
+        col = _with_change(f"{STAGE_HEADERS[stage]} (ms)", [_stage_ms(r, stage) for r in rows], bi, "min")
+        if stage == "step":  # the other stages' intervals are in the CSV
+            col.change_ci = ratio_intervals(rows, stage, base)
+        cols.append(col)
     cols.append(_with_change("TFLOP/s", [r.tflops_per_s for r in rows], bi, "max", at_least=3))
     cols.append(
         _with_change("MFU (%)", [r.mfu * 100 if r.mfu is not None else None for r in rows], bi, "max")
@@ -154,12 +188,12 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
             )
         )
     cols.append(Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]))
-    cols += _csv_only(rows)
+    cols += _csv_only(rows, base)
     notes = [
         f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."
         if base is not None
         else "No row ran, so there is no baseline to compare with."
-    ]
+    ] + interval_note(cols)
     if rows[0].device.type == "cpu":
         notes.append(
             "CPU figures: memory is the CPU accounting (no GPU memory on this device) and the "
@@ -170,8 +204,10 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
     return Table("efficiency", "Training-step efficiency", ctx, cols, group_slug, notes, _csv_context(rows))
 
 
-def _csv_only(rows: list[EffRow]) -> list[Column]:
-    """Spread, counts and raw identities for the CSV; the shown tables keep the seed's compact layout."""
+def _csv_only(rows: list[EffRow], base: EffRow | None) -> list[Column]:
+    """Spread, intervals, counts and raw identities for the CSV; the shown tables keep the seed's compact
+    layout (of the intervals they show only the total step's ratio). Every stage gets the same block
+    (median, its interval, ratio to the baseline and that ratio's interval), the step included."""
     cols = [
         Column("variant key", [r.variant_key for r in rows], show=False),
         Column("design", [r.design for r in rows], show=False),
@@ -182,6 +218,11 @@ def _csv_only(rows: list[EffRow]) -> list[Column]:
     for stage in schema.ALL_STAGES:
         for stat in ("iqr", "p10", "p90"):
             cols.append(Column(f"{stage} {stat} (ms)", [_stage_ms(r, stage, stat) for r in rows], show=False))
+        medians = [_stage_ms(r, stage) for r in rows]
+        base_median = _stage_ms(base, stage) if base is not None else None
+        cols.append(Column(f"{stage} median (ms)", medians, show=False, ci=_ms_intervals(rows, stage),
+                           change=[None if r is base else _ratio(m, base_median) for r, m in zip(rows, medians)],
+                           change_ci=ratio_intervals(rows, stage, base)))
         cols.append(
             Column(
                 f"{stage} n",
@@ -224,15 +265,18 @@ def switch_table(rows: list[EffRow], design: str, group_slug: str) -> Table | No
         else labels.changed(r.variant, base_variant)
         for r in rows
     ]
+    step = _with_change("total step (ms)", [_stage_ms(r, "step") for r in rows], bi, "min")
+    step.change_ci = ratio_intervals(rows, "step", base)
     cols = [
         Column("switch" if design == "ofat" else "reverted switch", names),
         Column("status", [labels.status(r.status) for r in rows]),
         _with_change(mem.header, [_gib(mem.get(r)) for r in rows], bi, "min", at_least=3),
-        _with_change("total step (ms)", [_stage_ms(r, "step") for r in rows], bi, "min"),
+        step,
         Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]),
     ]
-    cols += _csv_only(rows)
+    cols += _csv_only(rows, base)
     notes = ["Ratios in brackets are value / baseline; cells that did not run show their status and why."]
+    notes += interval_note(cols)
     if rows[0].device.type == "cpu":
         notes.append("CPU figures: memory is the CPU accounting, not GPU memory.")
     return Table(design, title, context(rows), cols, group_slug, notes, _csv_context(rows))

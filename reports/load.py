@@ -55,6 +55,7 @@ class Stage:
     p10: float
     p90: float
     n: int
+    samples: tuple[float, ...] = ()  # every timed sample when the file kept them (for intervals)
 
 
 @dataclass
@@ -175,8 +176,18 @@ def _stages(row: dict[str, Any]) -> dict[str, Stage]:
             p10=values["p10"],
             p90=values["p90"],
             n=int(values["n"]),
+            samples=_samples(stats.get("samples"), f"stages.{name}.samples"),
         )
     return out
+
+
+def _samples(value: Any, name: str) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise TypeError(f"field {name!r} must be a list of numbers, got {type(value).__name__}")
+    numbers = (_number(v, name) for v in value)
+    return tuple(v for v in numbers if v is not None)
 
 
 def _memory(row: dict[str, Any]) -> dict[str, int | None]:

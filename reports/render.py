@@ -37,6 +37,9 @@ def _csv_columns(col: Column) -> dict[str, list]:
     out = {name: list(col.values)}
     if col.change is not None:
         out[f"{name} / baseline (ratio)"] = col.change
+    if col.change_ci is not None:
+        out[f"{name} / baseline CI low"] = [c[0] if c else None for c in col.change_ci]
+        out[f"{name} / baseline CI high"] = [c[1] if c else None for c in col.change_ci]
     if col.spread is not None and any(s is not None for s in col.spread):
         out[f"{name} std over seeds"] = col.spread
     if col.ci is not None:

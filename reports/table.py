@@ -2,8 +2,9 @@
 
 Values are kept as numbers in display units (GiB, ms, %, fractions) so that the Markdown, LaTeX and CSV
 writers all print the same figures, and so that tests can check a cell against the input it came from.
-A column may carry, per row, a ratio against the baseline row (`change`), a confidence interval (`ci`)
-or a spread over seeds (`spread`); the writers decorate the value with them.
+A column may carry, per row, a ratio against the baseline row (`change`) and an interval of that ratio
+(`change_ci`), a confidence interval of the value (`ci`) or a spread over seeds (`spread`); the writers
+decorate the value with them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Column:
     best: Literal["min", "max"] | None = None  # bold the best numeric value of the column
     change: list[float | None] | None = None  # value / baseline value, per row
     ci: list[tuple[float | None, float | None] | None] | None = None
+    change_ci: list[tuple[float, float] | None] | None = None  # an interval of the ratio, per row
     spread: list[float | None] | None = None  # std over seeds
     show: bool = True  # False: CSV only
     csv_header: str | None = None  # the CSV name when it should differ (units spelled out)
@@ -148,7 +150,12 @@ def format_cell(
         lo, hi = col.ci[i]
         text += f" [{col.fmt.format(lo)}, {col.fmt.format(hi)}]"
     if col.change is not None and col.change[i] is not None:
-        text += f" ({format_change(col.change[i], style, dialect)})"
+        change = format_change(col.change[i], style, dialect)
+        if col.change_ci is not None and col.change_ci[i] is not None:
+            # "0.91× [0.90, 0.93]": the unit is said once, at the ratio.
+            lo, hi = (f"{r:.2f}" if style == "ratio" else format_change(r, style, dialect) for r in col.change_ci[i])
+            change += f" [{lo}, {hi}]"
+        text += f" ({change})"
     return text
 
 

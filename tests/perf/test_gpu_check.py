@@ -210,14 +210,15 @@ def test_without_a_gpu_it_says_use_dry_run():
 
 
 def _gpu_row(variant, step_s: float, peak_gib: float, mfu: float, baseline: bool = False,
-             hfu: float | None = None):
+             hfu: float | None = None, samples: list[float] | None = None):
     from bench.result import Memory, Result, StageStats, cell_key
 
     key = variant.key
+    samples = [step_s] * 4 if samples is None else samples
     return Result(cell_key=cell_key(key, "paper", 4, "cuda"), variant_key=key, variant=variant.as_dict(),
                   size="paper", size_config={}, batch=4, device={"type": "cuda", "name": "NVIDIA H100 80GB HBM3"},
                   status="ok", baseline=baseline, precision="bf16",
-                  stages={"step": StageStats(step_s, 0.0, step_s, step_s, 4, [step_s] * 4)},
+                  stages={"step": StageStats(step_s, 0.0, step_s, step_s, len(samples), samples)},
                   memory=Memory(gpu_allocated_peak_bytes=int(peak_gib * 2**30)), mfu=mfu,
                   tflops_per_s=mfu * 989, hfu=mfu if hfu is None else hfu)
 
@@ -273,3 +274,25 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     assert f"| {lean.key} | ok | 950.0 | 10.000 | 0.950x | 0.250x | 208 | 21.0 % | 26.0 % |" in text
     assert len(data["targets"]["rows"]) == 8 and "targets-compiled" not in data
     assert "0.450x step time, MFU 44.0 %" in text and f"of a {sum(plan.budgets().values()):.0f} s budget" in text
+
+
+def test_paper_section_gives_the_step_ratio_its_interval():
+    """With enough timed steps the headline ratio carries its bootstrap interval (reports.stats), the
+    baseline row none; with four steps (above) no interval is claimed."""
+    import numpy as np
+
+    from bench.gpu_summary import paper_section
+    from reports.stats import median_ratio_ci
+
+    rng = np.random.default_rng(0)
+    base_steps, modern_steps = list(rng.normal(1.0, 0.02, 30)), list(rng.normal(0.9, 0.02, 30))
+    faithful, modern = Variant.faithful().replace(precision="bf16"), Variant.modern().replace(precision="bf16")
+    results = [_gpu_row(faithful, float(np.median(base_steps)), 40.0, 0.2, baseline=True, samples=base_steps),
+               _gpu_row(modern, float(np.median(modern_steps)), 30.0, 0.22, samples=modern_steps)]
+    lines, head = paper_section(results, "bf16", "paper")
+    lo, hi = median_ratio_ci(modern_steps, base_steps)
+    assert head["time_ratio_ci"] == (lo, hi) and lo < head["time_ratio"] < hi < 1.0
+    text = "\n".join(lines)
+    assert f"step time {head['time_ratio']:.3f}x [{lo:.2f}, {hi:.2f}]" in text
+    assert f"| {modern.key} | ok | {np.median(modern_steps) * 1e3:.1f} | 30.000 | {head['time_ratio']:.3f}x [" in text
+    assert f"| {faithful.key} | ok | {np.median(base_steps) * 1e3:.1f} | 40.000 | 1.000x |" in text

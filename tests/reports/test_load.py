@@ -34,6 +34,9 @@ GOOD = json.dumps(f.eff_row(baseline=True))
         (json.dumps({k: v for k, v in f.eff_row().items() if k != "variant_key"}), "'variant_key'"),
         (json.dumps(dict(f.eff_row(), batch="two")), "'batch'"),
         (json.dumps(dict(f.eff_row(), stages={"step": {"median": 1.0}})), "stage 'step'"),
+        (json.dumps(dict(f.eff_row(), stages={"step": dict(f.stage(1.0), samples="many")})), "stages.step.samples"),
+        (json.dumps(dict(f.eff_row(), stages={"step": dict(f.stage(1.0), samples=[1.0, "x"])})),
+         "stages.step.samples"),
         (
             json.dumps(dict(f.eff_row(), memory={"gpu_allocated_peak_bytes": "lots"})),
             "memory.gpu_allocated_peak_bytes",
@@ -66,6 +69,17 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
         load([tmp_path / "empty"])
     with pytest.raises(ResultFileError, match="no result rows"):
         load([_file(tmp_path, [""])])
+
+
+def test_raw_samples_are_read_and_optional(tmp_path: Path) -> None:
+    with_samples = f.eff_row(baseline=True)
+    with_samples["stages"]["step"]["samples"] = [0.1, 0.2, 0.3]
+    without = f.eff_row(dict(f.FAITHFUL, loss="siglip"))
+    for stats in without["stages"].values():
+        del stats["samples"]
+    rows = load([_file(tmp_path, [json.dumps(with_samples), json.dumps(without)])]).efficiency
+    assert rows[0].stages["step"].samples == (0.1, 0.2, 0.3)
+    assert rows[1].stages["step"].samples == ()
 
 
 def test_kinds_are_split_and_unknown_fields_ignored(tmp_path: Path) -> None:
