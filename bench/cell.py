@@ -56,6 +56,7 @@ class CellSpec:
     env_fingerprint: str = ""
     host_device: dict[str, Any] = field(default_factory=dict)
     git: dict[str, Any] = field(default_factory=dict)
+    round: int = 0  # which pass over the design (bench.run --rounds); copied into the row
 
     @property
     def variant_obj(self) -> Variant:
@@ -89,7 +90,8 @@ def base_result(spec: CellSpec, status: str, **extra: Any) -> Result:
         cell_key=spec.key, variant_key=variant.key, variant=variant.as_dict(), size=spec.size,
         size_config=get_size(spec.size).as_dict(), batch=spec.batch, device=device,
         status=status, design=spec.design, baseline=spec.baseline, precision=variant.precision,
-        settings=settings, git=dict(spec.git), env_fingerprint=spec.env_fingerprint, timestamp=now(), **extra,
+        settings=settings, git=dict(spec.git), env_fingerprint=spec.env_fingerprint, round=spec.round,
+        timestamp=now(), **extra,
     )
 
 

@@ -53,6 +53,9 @@ Fields of `Result` (schema version 1):
   `compute_bound_s` and `memory_bound_s` parts, `flops`, `bytes`, `ops`, `mfu_bound` (the highest MFU
   the step could show) and `top_ops` (per operator: name, calls, flops, bytes, seconds, compute_bound_s,
   share of the step).
+- `round` which pass over the design the row came from (`bench.run --rounds N`: 0 .. N-1; 0 for a
+  single pass). Rows of one `cell_key` from different rounds are repeat measurements, each in a fresh
+  process; a later row of the same cell and round supersedes an earlier one.
 - `timestamp` ISO-8601 UTC when the row was written; `wall_s` seconds the cell took end to end.
 """
 
@@ -165,6 +168,7 @@ class Result:
     flags: list[str] = field(default_factory=list)
     profile: list[dict[str, Any]] | None = None
     roofline: dict[str, Any] | None = None
+    round: int = 0
     timestamp: str = ""
     wall_s: float | None = None
     schema_version: int = SCHEMA_VERSION

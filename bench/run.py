@@ -4,6 +4,9 @@ With no other flag it picks what fits the machine (a CPU: size tiny, one torch t
 30 timed steps; a GPU: size paper, 5 warm-up steps and at least 30 timed steps or 2 s) and says so.
 Rows go to OUT/matrix-<size>-<device>-<timestamp>.jsonl as each cell finishes, with a CSV beside it;
 `--resume` continues the latest such file (or the one named) without redoing finished cells.
+`--rounds N` runs the whole design N times, each round in a fresh process per cell and in the reverse
+order of the round before (so drift over the sweep does not favour the cells that ran first); the
+reports then take run-to-run variation into their intervals (reports/rounds.py).
 Every flag can also come from a YAML file: `--config configs/x.yaml` (see bench/config.py).
 """
 
@@ -20,7 +23,7 @@ import torch
 
 from bench import store
 from bench.config import parse_with_config
-from bench.design import DESIGNS, expand
+from bench.design import DESIGNS, Cell, expand
 from bench.environment import environment, fingerprint, git_info, host_device_info
 from bench.runner import SweepSettings, run_sweep, spec_for
 from bench.table import render
@@ -66,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for weights and synthetic inputs")
     p.add_argument("--profile-top", type=int, default=0, metavar="N",
                    help="after timing, profile one more step and keep its N costliest operators in the row")
-    p.add_argument("--shuffle", action="store_true", help="run cells in a random (seeded) order against drift")
+    p.add_argument("--shuffle", action="store_true",
+                   help="run cells in a random (seeded) order against drift; with --rounds, a new order per round")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="run the design N times, every other round in reverse order, so the reports can include "
+                        "run-to-run variation (an odd N keeps each shown figure one round's own)")
     p.add_argument("--out", default="results", help="directory for result files")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="FILE",
                    help="continue the latest matching result file in --out (or FILE), skipping finished cells")
@@ -95,6 +102,8 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> torch
             parser.error(f"--{key} must be at least 1, got {getattr(args, key)}")
     if args.timeout <= 0 or (args.batch is not None and args.batch < 1) or args.threads < 0:
         parser.error("--timeout must be positive, --batch at least 1 and --threads at least 0")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     return device
 
 
@@ -124,13 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if not cells:
         parser.error(f"design {args.design!r} with these --only/--exclude filters has no cells")
-    if args.shuffle:
-        random.Random(args.seed).shuffle(cells)
     batch = args.batch or size.batch
-    print(f"bench.run: design {args.design}, {len(cells)} cells, size {size.name}, batch {batch}, device {device}",
-          file=sys.stderr)
+    rounds = f", {args.rounds} rounds" if args.rounds > 1 else ""
+    print(f"bench.run: design {args.design}, {len(cells)} cells{rounds}, size {size.name}, batch {batch}, "
+          f"device {device}", file=sys.stderr)
     if args.list:
-        for cell in cells:
+        for cell in round_order(cells, 0, args.shuffle, args.seed):
             print(cell.key + (" (baseline)" if cell.baseline else ""))
         return 0
 
@@ -144,36 +152,49 @@ def main(argv: list[str] | None = None) -> int:
         env_fingerprint=fingerprint(host, environment(device), git), host_device=host, git=git,
     )
     path = _results_path(args, device, parser)
-    done: set[str] = set()
+    done: set[tuple[str, int]] = set()
     if args.resume not in (None, False):
         if message := store.repair(path):
             print(f"bench.run: {message}", file=sys.stderr)
         previous = store.read(path)
         for problem in previous.problems:
             print(f"bench.run: {problem}", file=sys.stderr)
-        done = {r.cell_key for r in previous.results if r.env_fingerprint == settings.env_fingerprint}
+        done = {(r.cell_key, r.round) for r in previous.results if r.env_fingerprint == settings.env_fingerprint}
         other = sum(r.env_fingerprint != settings.env_fingerprint for r in previous.results)
         print(f"bench.run: resuming {path}: {len(done)} finished cells reused"
               + (f", {other} rows from another environment ignored" if other else ""), file=sys.stderr)
 
     started = time.perf_counter()
-    run_sweep(cells, settings, path, done, log_dir=path.parent / "logs" / path.stem, progress=not args.no_progress)
+    for round_index in range(args.rounds):
+        run_sweep(round_order(cells, round_index, args.shuffle, args.seed), settings, path, done,
+                  log_dir=path.parent / "logs" / path.stem, progress=not args.no_progress, round_index=round_index)
     elapsed = time.perf_counter() - started
 
     report = store.read(path)
     for problem in report.problems:
         print(f"bench.run: {problem}", file=sys.stderr)
     keys = [spec_for(c, settings).key for c in cells]
+    # The console table shows the last round; the report merges every round (reports/rounds.py).
     latest = {r.cell_key: r for r in report.results if r.env_fingerprint == settings.env_fingerprint}
     rows = [latest[k] for k in keys if k in latest]
     csv_path = path.with_suffix(".csv")
     store.write_csv(csv_path, report.results)
     print(render(rows))
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "unsupported", "oom", "error", "timeout")}
-    print(f"\n{len(rows)} cells in {elapsed:.1f} s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    print(f"\n{len(rows)} cells{rounds} in {elapsed:.1f} s: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     print(f"results: {path}\ncsv:     {csv_path}\nlogs:    {path.parent / 'logs' / path.stem}")
     _write_report(path)
     return 0
+
+
+def round_order(cells: list[Cell], round_index: int, shuffle: bool, seed: int) -> list[Cell]:
+    """The order of one round: as designed (or shuffled with the seed), reversed in every odd round, so
+    over two rounds each cell's mean position in the sweep is the same."""
+    order = list(cells)
+    if shuffle:
+        random.Random(seed + round_index // 2).shuffle(order)
+    return order[::-1] if round_index % 2 else order
 
 
 def _write_report(path: Path) -> None:

@@ -50,12 +50,13 @@ class SweepSettings:
     profile_top: int = 0
 
 
-def spec_for(cell: Cell, settings: SweepSettings) -> CellSpec:
+def spec_for(cell: Cell, settings: SweepSettings, round_index: int = 0) -> CellSpec:
     return CellSpec(
         variant=cell.variant.as_dict(), size=settings.size, batch=settings.batch, device=settings.device,
         design=cell.design, baseline=cell.baseline, timing=dict(settings.timing), timeout_s=settings.timeout_s,
         seed=settings.seed, threads=settings.threads, env_fingerprint=settings.env_fingerprint,
         host_device=dict(settings.host_device), git=dict(settings.git), profile_top=settings.profile_top,
+        round=round_index,
     )
 
 
@@ -126,33 +127,36 @@ def run_in_subprocess(spec: CellSpec, log_path: Path) -> Result:
                        message=f"{how}. Log tail:\n{_tail(log_path)}")
 
 
-def precheck(cell: Cell, settings: SweepSettings) -> Result | None:
+def precheck(cell: Cell, settings: SweepSettings, round_index: int = 0) -> Result | None:
     """An `unsupported` row decided in the parent on a CPU, or None to run the cell."""
     if torch.device(settings.device).type != "cpu":
         return None
     reason = supports(cell.variant, settings.device)
     if reason is None:
         return None
-    return base_result(spec_for(cell, settings), "unsupported", reason=reason, wall_s=0.0)
+    return base_result(spec_for(cell, settings, round_index), "unsupported", reason=reason, wall_s=0.0)
 
 
-def run_sweep(cells: list[Cell], settings: SweepSettings, results_path: Path, done_keys: set[str],
+def run_sweep(cells: list[Cell], settings: SweepSettings, results_path: Path, done: set[tuple[str, int]],
               log_dir: Path, progress: bool = True,
-              on_result: Callable[[Result], None] | None = None) -> list[Result]:
-    """Run every cell not in `done_keys`, appending each row to `results_path` as it finishes."""
+              on_result: Callable[[Result], None] | None = None, round_index: int = 0) -> list[Result]:
+    """Run, in the order given, every cell whose (cell_key, round) is not in `done`, appending each row
+    to `results_path` as it finishes."""
     from tqdm import tqdm
 
-    todo = [c for c in cells if spec_for(c, settings).key not in done_keys]
+    todo = [c for c in cells if (spec_for(c, settings).key, round_index) not in done]
     results: list[Result] = []
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, desc=f"round {round_index}" if round_index else None)
+    prefix = f"r{round_index}-" if round_index else ""
     try:
         for index, cell in enumerate(todo):
             bar.set_postfix_str(cell.key, refresh=True)
-            result = precheck(cell, settings)
+            result = precheck(cell, settings, round_index)
             if result is None:
                 safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in cell.key)
-                result = run_in_subprocess(spec_for(cell, settings), log_dir / f"{index:03d}-{safe}.log")
+                result = run_in_subprocess(spec_for(cell, settings, round_index),
+                                           log_dir / f"{prefix}{index:03d}-{safe}.log")
             store.append(results_path, result)
             results.append(result)
             if on_result:

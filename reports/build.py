@@ -16,7 +16,8 @@ from pathlib import Path
 
 from reports import accuracy, efficiency, labels
 from reports.latex import write_document, write_latex
-from reports.load import AccRow, Device, EffRow, ResultFileError, latest, load
+from reports.load import AccRow, Device, EffRow, ResultFileError, load
+from reports.rounds import merge_rounds
 from reports.plots import memory_plot, stages_plot, tradeoff_plot
 from reports.plots_accuracy import loss_plot, roc_plot
 from reports.render import write_csv, write_markdown
@@ -56,11 +57,11 @@ def efficiency_tables(
     for key, grows in efficiency.group(measured):
         device, size, batch = key
         slug = slugs(key, _group_slug(device, size, f"b{batch}"))
-        current = latest(grows)
+        current = merge_rounds(grows)
         groups.append((slug, current))
         tables.append(efficiency.efficiency_table(current, slug))
         for design in ("ofat", "loo"):
-            table = efficiency.switch_table(latest(r for r in grows if r.design == design), design, slug)
+            table = efficiency.switch_table(merge_rounds(r for r in grows if r.design == design), design, slug)
             if table is not None:
                 tables.append(table)
     by_size: dict[tuple, list[EffRow]] = {}

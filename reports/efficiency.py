@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from reports import labels, schema
 from reports.load import EffRow, latest
-from reports.stats import CONFIDENCE, Interval, median_ci, median_ratio_ci
+from reports.rounds import merge_rounds, ms_intervals, n_rounds, ratio_intervals, round_medians
+from reports.stats import CONFIDENCE
 from reports.table import Column, Context, Table, decimals, uniform
 
 GIB = schema.GIB
@@ -76,12 +77,17 @@ def context(rows: list[EffRow]) -> Context:
     r0 = rows[0]
     steps = [r.stages["step"].n for r in rows if "step" in r.stages]
     n = uniform(steps, "per row")
+    text = f"timed steps: {n} per stage (medians)" if steps else "no timed steps"
+    if any(n_rounds(r) > 1 for r in rows):
+        count = uniform([n_rounds(r) for r in rows], "per row")
+        text = (f"timed steps: {n} per stage per round, {count} rounds (each row is its cell's median "
+                "round by step time)") if steps else text
     return Context(
         device=r0.device.label,
         size=r0.size,
         batch=str(r0.batch),
         precision=uniform([r.precision for r in rows]),
-        steps=f"timed steps: {n} per stage (medians)" if steps else "no timed steps",
+        steps=text,
     )
 
 
@@ -110,35 +116,21 @@ def _stage_ms(row: EffRow, stage: str, stat: str = "median") -> float | None:
     return getattr(s, stat) * 1e3 if s is not None else None
 
 
-def _samples(row: EffRow, stage: str) -> tuple[float, ...]:
-    s = row.stages.get(stage)
-    return s.samples if s is not None and row.status == "ok" else ()
-
-
-def ratio_intervals(rows: list[EffRow], stage: str, base: EffRow | None) -> list[Interval | None]:
-    """Per row, the bootstrap interval of its median time over the baseline's; None for the baseline
-    itself and wherever either row kept too few samples."""
-    base_samples = _samples(base, stage) if base is not None else ()
-    return [None if r is base else median_ratio_ci(_samples(r, stage), base_samples) for r in rows]
-
-
-def _ms_intervals(rows: list[EffRow], stage: str) -> list[tuple[float, float] | None]:
-    out = []
-    for r in rows:
-        ci = median_ci(_samples(r, stage))
-        out.append((ci[0] * 1e3, ci[1] * 1e3) if ci else None)
-    return out
-
-
-def interval_note(columns: list[Column]) -> list[str]:
+def interval_note(columns: list[Column], rows: list[EffRow]) -> list[str]:
     """The caption sentence for ratio intervals, when a shown column has any."""
     if not any(c.change_ci and any(c.change_ci) for c in columns if c.show):
         return []
+    if any(n_rounds(r) > 1 for r in rows):
+        return [
+            f"Square brackets after a step-time ratio: its {CONFIDENCE:.0%} two-level bootstrap interval "
+            "(each cell's rounds resampled, then each round's timed steps; reports/stats.py), so it includes "
+            "run-to-run variation; an interval that contains 1.00× is a difference these rounds did not resolve."
+        ]
     return [
         f"Square brackets after a step-time ratio: its {CONFIDENCE:.0%} bootstrap interval (each row's timed "
         "steps resampled on their own; reports/stats.py). It covers the noise among one process's steps, "
-        "not drift within a run or run-to-run variation; an interval that contains 1.00× is a difference "
-        "this run did not resolve."
+        "not drift within a run or run-to-run variation (bench.run --rounds measures that); an interval "
+        "that contains 1.00× is a difference this run did not resolve."
     ]
 
 
@@ -193,7 +185,7 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
         f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."
         if base is not None
         else "No row ran, so there is no baseline to compare with."
-    ] + interval_note(cols)
+    ] + interval_note(cols, rows)
     if rows[0].device.type == "cpu":
         notes.append(
             "CPU figures: memory is the CPU accounting (no GPU memory on this device) and the "
@@ -220,7 +212,7 @@ def _csv_only(rows: list[EffRow], base: EffRow | None) -> list[Column]:
             cols.append(Column(f"{stage} {stat} (ms)", [_stage_ms(r, stage, stat) for r in rows], show=False))
         medians = [_stage_ms(r, stage) for r in rows]
         base_median = _stage_ms(base, stage) if base is not None else None
-        cols.append(Column(f"{stage} median (ms)", medians, show=False, ci=_ms_intervals(rows, stage),
+        cols.append(Column(f"{stage} median (ms)", medians, show=False, ci=ms_intervals(rows, stage),
                            change=[None if r is base else _ratio(m, base_median) for r, m in zip(rows, medians)],
                            change_ci=ratio_intervals(rows, stage, base)))
         cols.append(
@@ -231,6 +223,10 @@ def _csv_only(rows: list[EffRow], base: EffRow | None) -> list[Column]:
                 show=False,
             )
         )
+    cols.append(Column("rounds", [n_rounds(r) for r in rows], fmt="{:.0f}", show=False))
+    for bound, pick in (("min", min), ("max", max)):
+        cols.append(Column(f"step median, {bound} over rounds (ms)",
+                           [pick(m) * 1e3 if (m := round_medians(r, "step")) else None for r in rows], show=False))
     for key in schema.MEMORY_FIELDS:
         cols.append(
             Column(f"{key.removesuffix('_bytes')} (GiB)", [_gib(r.memory.get(key)) for r in rows], show=False)
@@ -276,7 +272,7 @@ def switch_table(rows: list[EffRow], design: str, group_slug: str) -> Table | No
     ]
     cols += _csv_only(rows, base)
     notes = ["Ratios in brackets are value / baseline; cells that did not run show their status and why."]
-    notes += interval_note(cols)
+    notes += interval_note(cols, rows)
     if rows[0].device.type == "cpu":
         notes.append("CPU figures: memory is the CPU accounting, not GPU memory.")
     return Table(design, title, context(rows), cols, group_slug, notes, _csv_context(rows))
@@ -292,7 +288,7 @@ def _measured_peak(row: EffRow) -> tuple[float | None, str]:
 def estimate_table(estimates: list[EffRow], measured: list[EffRow], group_slug: str) -> Table:
     """Each estimate (FakeTensorMode) beside the measurement of the same variant, size and batch."""
     by_cell: dict[tuple, list[EffRow]] = {}
-    for m in latest(measured):
+    for m in merge_rounds(measured):
         by_cell.setdefault((m.variant_key, m.size, m.batch), []).append(m)
     pairs = []
     for e in latest(estimates, key=lambda r: r.cell_key):

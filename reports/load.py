@@ -88,6 +88,10 @@ class EffRow:
     flags: list[str] = field(default_factory=list)
     roofline: dict[str, Any] | None = None
     timestamp: str = ""
+    round: int = 0  # which pass over the design (bench.run --rounds)
+    # Every round of this cell when reports.rounds merged several into this row (it is one of them, the
+    # median one); empty for a single round.
+    rounds: list["EffRow"] = field(default_factory=list)
 
 
 @dataclass
@@ -234,6 +238,7 @@ def parse_efficiency(row: dict[str, Any], source: str) -> EffRow:
         settings=_need(row, "settings", dict, optional=True) or {},
         flags=[str(f) for f in (_need(row, "flags", list, optional=True) or [])],
         roofline=_need(row, "roofline", dict, optional=True),
+        round=_need(row, "round", int, optional=True) or 0,
     )
 
 

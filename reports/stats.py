@@ -6,6 +6,13 @@ measured: in separate processes. What the interval covers is the noise among one
 steps; it assumes those steps are exchangeable, so slow drift within a run (clocks, thermals) and
 differences between runs of the same cell are not in it. A ratio whose interval excludes 1.0 is a
 difference this run resolved, not a proof that another run would reproduce it.
+
+With several rounds of the same cell (`bench.run --rounds N`, each a fresh process) the statistic is
+the median over rounds of each round's median, and the interval is a two-level bootstrap: rounds are
+resampled, then each drawn round's steps (Davison & Hinkley 1997, sec. 3.8). That puts run-to-run
+variation into the interval. scipy's bootstrap has no nested resampling, so this part is numpy; with
+one round it is the single-level interval above, exactly. Few rounds give a coarse, somewhat narrow
+interval (three rounds can only say so much about between-run spread).
 """
 
 from __future__ import annotations
@@ -79,3 +86,58 @@ def resolved(interval: Interval | None) -> bool | None:
     if interval is None:
         return None
     return not (interval[0] <= 1.0 <= interval[1])
+
+
+def _rounds(rounds: Sequence[Sequence[float]] | None) -> list[np.ndarray] | None:
+    kept = [arr for arr in (_clean(r) for r in rounds or []) if arr is not None]
+    return kept or None
+
+
+def _two_level_medians(rounds: list[np.ndarray], n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_resamples,) draws of the median over rounds of each round's median, rounds and steps resampled."""
+    n_rounds = len(rounds)
+    picks = rng.integers(n_rounds, size=(n_resamples, n_rounds))
+    per_round = np.empty((n_resamples, n_rounds))
+    for slot in range(n_rounds):
+        # Each slot draws its own step resample, so a round drawn twice is not counted twice identically.
+        medians = np.stack([np.median(rng.choice(x, size=(n_resamples, x.size)), axis=1) for x in rounds])
+        per_round[:, slot] = medians[picks[:, slot], np.arange(n_resamples)]
+    return np.median(per_round, axis=1)
+
+
+def _percentiles(draws: np.ndarray, confidence: float) -> Interval | None:
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return (float(lo), float(hi)) if np.isfinite(lo) and np.isfinite(hi) else None
+
+
+def rounds_median(rounds: Sequence[Sequence[float]] | None) -> float | None:
+    """The median over rounds of each round's median (None without a usable round)."""
+    kept = _rounds(rounds)
+    return None if kept is None else float(np.median([np.median(x) for x in kept]))
+
+
+def rounds_median_ci(rounds: Sequence[Sequence[float]] | None, confidence: float = CONFIDENCE,
+                     n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval | None:
+    """Interval of `rounds_median`: median_ci for one round, the two-level bootstrap for several."""
+    kept = _rounds(rounds)
+    if kept is None:
+        return None
+    if len(kept) == 1:
+        return median_ci(kept[0], confidence, n_resamples, seed)
+    return _percentiles(_two_level_medians(kept, n_resamples, np.random.default_rng(seed)), confidence)
+
+
+def rounds_median_ratio_ci(rounds: Sequence[Sequence[float]] | None,
+                           base_rounds: Sequence[Sequence[float]] | None, confidence: float = CONFIDENCE,
+                           n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval | None:
+    """Interval of rounds_median(rounds) / rounds_median(base_rounds), the two cells resampled on their
+    own; median_ratio_ci when each has one round."""
+    kept, base = _rounds(rounds), _rounds(base_rounds)
+    if kept is None or base is None or min(float(np.min(x)) for x in base) <= 0:
+        return None
+    if len(kept) == len(base) == 1:
+        return median_ratio_ci(kept[0], base[0], confidence, n_resamples, seed)
+    rng = np.random.default_rng(seed)
+    ratios = _two_level_medians(kept, n_resamples, rng) / _two_level_medians(base, n_resamples, rng)
+    return _percentiles(ratios, confidence)

@@ -83,3 +83,36 @@ def test_killed_sweep_resumes_without_redoing_or_duplicating(tmp_path):
     assert rows[0].timestamp == first[0].timestamp  # not redone
     assert rows[1].status == "ok"
     assert store.read(path).problems == []
+
+
+def test_rounds_run_every_cell_again_in_reverse_order_and_resume_per_round(tmp_path, capsys):
+    """Cells a CPU cannot run are decided in the parent (no process), so rounds cost nothing here."""
+    argv = ["--matrix", "--design", "full", "--only", "attention=flash_attn,xformers,sdpa_cudnn",
+            "--out", str(tmp_path), "--rounds", "3", *FAST]
+    assert bench_run.main(argv) == 0
+    [path] = tmp_path.glob("matrix-tiny-cpu-*.jsonl")
+    rows = store.read(path).results
+    order = ["attn=flash_attn", "attn=xformers", "attn=sdpa_cudnn"]
+    assert [(r.variant_key, r.round) for r in rows] == (
+        [(k, 0) for k in order] + [(k, 1) for k in reversed(order)] + [(k, 2) for k in order])
+    assert all(r.status == "unsupported" for r in rows)
+    assert "3 rounds" in capsys.readouterr().err
+    # Resuming with one more round runs only that round.
+    assert bench_run.main(argv[:-len(FAST)] + ["--rounds", "4", "--resume", *FAST]) == 0
+    rows = store.read(path).results
+    assert [(r.variant_key, r.round) for r in rows[9:]] == [(k, 3) for k in reversed(order)]
+    assert "9 finished cells reused" in capsys.readouterr().err
+
+
+def test_round_order_is_reversed_every_other_round_and_shuffled_per_pair():
+    from bench.design import expand
+
+    cells = expand("ofat", [], [], None)[:6]
+    keys = [c.key for c in cells]
+    assert [c.key for c in bench_run.round_order(cells, 0, False, 0)] == keys
+    assert [c.key for c in bench_run.round_order(cells, 1, False, 0)] == keys[::-1]
+    shuffled = [c.key for c in bench_run.round_order(cells, 0, True, 0)]
+    assert sorted(shuffled) == sorted(keys) and shuffled != keys
+    # A pair of rounds shares one shuffle, run forwards then backwards; the next pair draws a new one.
+    assert [c.key for c in bench_run.round_order(cells, 1, True, 0)] == shuffled[::-1]
+    assert [c.key for c in bench_run.round_order(cells, 2, True, 0)] != shuffled

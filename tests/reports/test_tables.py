@@ -93,6 +93,7 @@ def test_csv_has_units_and_exact_values(built) -> None:
             "precision",
             "precision (table)",
             "precision (row)",
+            "rounds",
         }
         or c.endswith(" n")
         for c in frame.columns
