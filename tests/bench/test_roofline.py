@@ -159,6 +159,8 @@ def test_signatures_split_an_op_by_operand_shapes_and_dtypes():
 def test_gpu_table_lookup_prefers_the_specific_name():
     assert find_gpu("NVIDIA H100 80GB HBM3").entry == "H100 SXM"
     assert find_gpu("NVIDIA H100 PCIe").dram_gb_per_s == 2000.0
+    # "L4" is a substring of both L40 names; each must get its own datasheet.
+    assert [find_gpu(n).entry for n in ("NVIDIA L4", "NVIDIA L40", "NVIDIA L40S")] == ["L4", "L40", "L40S"]
     assert find_gpu("NVIDIA H200").dram_gb_per_s == 4800.0
     assert find_gpu("NVIDIA H200").entry == "H200 SXM"
     assert find_gpu("NVIDIA H200 NVL").entry == "H200 NVL"
