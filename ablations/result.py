@@ -53,6 +53,8 @@ class AccuracyResult:
     classes: list[str] = field(default_factory=list)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     roc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    scores_file: "str | None" = None  # per-volume scores, relative to the rows file (ablations.paired)
+    vs_baseline: "dict[str, Any] | None" = None  # paired AUROC difference from the design's baseline
     env: dict[str, Any] = field(default_factory=dict)
     git: dict[str, Any] = field(default_factory=dict)
     timestamp: str = field(default_factory=utc_now)

@@ -56,6 +56,9 @@ def _metric(block: dict[str, Any] | None, metric: str) -> tuple[float | None, fl
     return (entry if isinstance(entry, (int, float)) else None), None, None
 
 
+PAIRED_HEADER = "Δ macro AUROC vs baseline (paired)"
+
+
 def summarise(values: list[float | None]) -> tuple[float | None, float | None]:
     """(mean, std over seeds) of the defined values; std is None for fewer than two."""
     xs = [float(v) for v in values if v is not None]
@@ -96,11 +99,34 @@ def _caption_notes(rows: list[AccRow], protocol: str, average: str) -> list[str]
             f"({boot.get('n', '?')} resamples by {boot.get('by', '?')})."
         )
     notes.append("With several seeds: mean ± std over seeds.")
+    if any(r.vs_baseline for r in ok):
+        notes.append(
+            f"{PAIRED_HEADER}: this variant's macro AUROC minus the baseline's on the same volumes and seed, with "
+            "a paired bootstrap interval (both models scored on each resample; ablations/paired.py), which is "
+            "much narrower than the two separate intervals when the models make correlated errors."
+        )
     notes.append(
         f"Data: {data.get('name', '?')} ({data.get('source', '?')}), split {data.get('split', '?')}, "
         f"n_train {data.get('n_train', '?')}, n_eval {data.get('n_eval', '?')}."
     )
     return notes
+
+
+def _paired_columns(ok_runs: dict[str, list[AccRow]]) -> list[Column]:
+    """Each variant's paired macro-AUROC difference from the baseline (ablations.paired): with one seed
+    the difference and its paired interval, with several the mean ± std of the seeds' differences."""
+    values, spreads, cis, p_values = [], [], [], []
+    for runs in ok_runs.values():
+        blocks = [r.vs_baseline["macro_auroc"] for r in runs
+                  if r.vs_baseline and (r.vs_baseline.get("macro_auroc") or {}).get("delta") is not None]
+        mean, std = summarise([b["delta"] for b in blocks])
+        values.append(mean)
+        spreads.append(std)
+        one = blocks[0] if len(blocks) == 1 else None
+        cis.append((one.get("ci_low"), one.get("ci_high")) if one else None)
+        p_values.append(one.get("p_value") if one else None)
+    return [Column(PAIRED_HEADER, values, fmt="{:+.3f}", ci=cis, spread=spreads),
+            Column("paired p-value", p_values, fmt="{:.3f}", show=False)]
 
 
 def accuracy_table(rows: list[AccRow], protocol: str, group_slug: str, average: str = "macro") -> Table:
@@ -131,6 +157,7 @@ def accuracy_table(rows: list[AccRow], protocol: str, group_slug: str, average: 
             spreads.append(std)
             cis.append((triples[0][1], triples[0][2]) if len(triples) == 1 else None)
         cols.append(Column(METRIC_HEADERS[metric], values, fmt="{:.3f}", best="max", ci=cis, spread=spreads))
+    cols += _paired_columns(ok_runs)
     cols.append(
         Column(
             "notes",

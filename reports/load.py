@@ -117,6 +117,7 @@ class AccRow:
     classes: list[str] = field(default_factory=list)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     roc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    vs_baseline: dict[str, Any] | None = None  # paired AUROC difference from the baseline (ablations.paired)
     timestamp: str = ""
 
 
@@ -258,6 +259,7 @@ def parse_accuracy(row: dict[str, Any], source: str) -> AccRow:
         classes=[str(c) for c in (_need(row, "classes", list, optional=True) or [])],
         protocols=protocols,
         roc=_need(row, "roc", dict, optional=True) or {},
+        vs_baseline=_need(row, "vs_baseline", dict, optional=True),
     )
 
 

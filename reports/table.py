@@ -145,7 +145,7 @@ def format_cell(
         text = rf"\textbf{{{text}}}" if dialect == "tex" else f"**{text}**"
     pm = r"$\pm$" if dialect == "tex" else "±"
     if col.spread is not None and col.spread[i] is not None:
-        text += f" {pm} {col.fmt.format(col.spread[i])}"
+        text += f" {pm} {col.fmt.replace('+', '').format(col.spread[i])}"  # a spread has no sign
     if col.ci is not None and col.ci[i] is not None and None not in col.ci[i]:
         lo, hi = col.ci[i]
         text += f" [{col.fmt.format(lo)}, {col.fmt.format(hi)}]"

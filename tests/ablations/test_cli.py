@@ -1,7 +1,6 @@
 """`python -m ablations.run` end to end on a few phantoms (rows, resume, YAML config, reports hook) and
 `python -m ablations.infer` on one of its checkpoints."""
 
-
 import pytest
 
 from ablations.infer import main as infer_main
@@ -37,6 +36,15 @@ def test_run_writes_schema_rows_resumes_and_infer_reads_its_checkpoint(phantom_t
     assert len(row["classes"]) == 18 and row["prompts"]["template"] == "present"
     assert row["data"]["n_eval"] > 0 and row["data"]["source"] == "synthetic"
     assert (out / "accuracy.csv").exists() and len(list((out / "curves").glob("*.json"))) == 4
+    # Every row kept its scores; each modern row is compared, paired, with the faithful row of its seed.
+    assert all((out / r["scores_file"]).exists() for r in rows)
+    for seed, modern in ((0, rows[2]), (1, rows[3])):
+        vs, base = modern["vs_baseline"], rows[seed]
+        assert base["vs_baseline"] is None and vs["baseline_cell_key"] == base["cell_key"]
+        auroc = [r["protocols"]["ctclip"]["macro"]["auroc"]["value"] for r in (modern, base)]
+        assert vs["macro_auroc"]["delta"] == pytest.approx(auroc[0] - auroc[1])
+        assert vs["macro_auroc"]["ci_low"] <= vs["macro_auroc"]["delta"] <= vs["macro_auroc"]["ci_high"]
+        assert vs["bootstrap"] == dict(base["protocols"]["ctclip"]["bootstrap"], by=vs["bootstrap"]["by"])
     # Resume: nothing left to do.
     assert run_main(["--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
     assert len(read_rows(out / "accuracy.jsonl")) == 4

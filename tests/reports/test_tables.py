@@ -243,3 +243,28 @@ def test_small_figures_keep_three_significant_digits(tmp_path) -> None:
     expected = [sum(r["memory"][k] for k in parts) / GIB for r in rows]
     assert shown[0] != shown[1]
     assert [float(s) for s in shown] == pytest.approx(expected, rel=5e-3)
+
+
+def test_paired_difference_column(tmp_path) -> None:
+    """One seed: the paired difference with its interval; several: mean ± std of the seeds' differences."""
+    siglip = dict(f.FAITHFUL, loss="siglip")
+
+    def vs(delta: float, low: float, high: float, p: float) -> dict:
+        return {"baseline_key": "faithful", "macro_auroc": {"candidate": 0.62, "baseline": 0.62 - delta,
+                                                            "delta": delta, "ci_low": low, "ci_high": high,
+                                                            "p_value": p}}
+
+    rows = [f.acc_row(baseline=True, auroc=0.604),
+            dict(f.acc_row(siglip, auroc=0.620), vs_baseline=vs(0.016, -0.004, 0.035, 0.12))]
+    rows += [dict(f.acc_row(f.MODERN, seed=s, auroc=0.61), vs_baseline=vs(d, d - 0.01, d + 0.01, 0.01))
+             for s, d in enumerate([0.01, 0.02, 0.03])]
+    f.write(tmp_path / "a.jsonl", rows)
+    build_reports([tmp_path], tmp_path / "out", ["md", "csv"])
+    t = sections(tmp_path / "out" / "accuracy-ctclip.md")[0]
+    header = "Δ macro AUROC vs baseline (paired)"
+    assert t.row("architecture", "SA + GEGLU + LN (baseline)")[header] == ""
+    assert t.row("architecture", "SA + GEGLU + LN", loss="SigLIP")[header] == "+0.016 [-0.004, +0.035]"
+    assert t.row("architecture", "FA (SDPA)")[header] == f"+0.020 ± {statistics.stdev([0.01, 0.02, 0.03]):.3f}"
+    assert "paired bootstrap interval" in t.caption
+    frame = pd.read_csv(tmp_path / "out" / "accuracy-ctclip.csv")
+    assert list(frame["paired p-value"].round(3).fillna(-1)) == [-1, 0.12, -1]
