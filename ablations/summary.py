@@ -26,6 +26,11 @@ def seed_summary(rows: Iterable[dict[str, Any]], metric: str = "auroc") -> list[
             highs = [r["protocols"][protocol]["macro"][metric]["ci_high"] for r in members]
             if all(v is not None for v in lows + highs):
                 entry[protocol + "_ci"] = (float(np.mean(lows)), float(np.mean(highs)))
+        paired = [r["vs_baseline"]["macro_auroc"] for r in members
+                  if (r.get("vs_baseline") or {}).get("macro_auroc", {}).get("ci_low") is not None]
+        if metric == "auroc" and paired:
+            entry["paired"] = [(p["delta"], p["ci_low"], p["ci_high"]) for p in paired]
+            entry["paired_baseline"] = members[0]["vs_baseline"]["baseline_key"]
         out.append(entry)
     return out
 
@@ -42,4 +47,12 @@ def format_summary(entries: list[dict[str, Any]], metric: str = "auroc") -> str:
                     text += f" [{e[protocol + '_ci'][0]:.3f}, {e[protocol + '_ci'][1]:.3f}]"
                 parts.append(text)
         lines.append(f"  {e['variant_key']} ({e['size']}, {e['n_seeds']} seeds): " + "; ".join(parts))
+        if "paired" in e:
+            # '*' marks a seed whose paired interval excludes 0: resolved for that training run only.
+            seeds = ", ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if lo > 0 or hi < 0 else "")
+                              for d, lo, hi in e["paired"])
+            deltas = [d for d, _, _ in e["paired"]]
+            spread = f" ± {np.std(deltas, ddof=1):.3f}" if len(deltas) > 1 else ""
+            lines.append(f"    paired vs {e['paired_baseline']}: {np.mean(deltas):+.3f}{spread} over seeds; "
+                         f"per seed {seeds}")
     return "\n".join(lines)

@@ -99,3 +99,21 @@ def test_volumes_are_matched_by_name_and_mismatches_refused(tmp_path) -> None:
     assert back.names == cand.names and back.classes == cand.classes
     assert np.array_equal(back.labels, cand.labels)
     assert np.allclose(back.probabilities, cand.probabilities, atol=1e-7)
+
+
+def test_sweep_summary_lists_each_seeds_paired_difference() -> None:
+    from ablations.summary import format_summary, seed_summary
+
+    def row(variant: str, seed: int, auroc: float, paired: "tuple | None") -> dict:
+        block = {"macro": {"auroc": {"value": auroc, "ci_low": auroc - 0.03, "ci_high": auroc + 0.03}}}
+        vs = None if paired is None else {"baseline_key": "faithful", "macro_auroc": dict(
+            zip(("delta", "ci_low", "ci_high"), paired))}
+        return {"status": "ok", "variant_key": variant, "size": "tiny", "data": {"name": "d"}, "seed": seed,
+                "protocols": {"ctclip": block}, "vs_baseline": vs}
+
+    rows = [row("faithful", 0, 0.60, None), row("faithful", 1, 0.61, None),
+            row("modern", 0, 0.63, (0.03, 0.01, 0.05)), row("modern", 1, 0.60, (-0.01, -0.03, 0.01))]
+    text = format_summary(seed_summary(rows))
+    assert "paired vs faithful: +0.010 ± 0.028 over seeds; per seed +0.030 [+0.010, +0.050]*, " \
+           "-0.010 [-0.030, +0.010]" in text
+    assert text.count("paired vs") == 1  # the baseline has nothing to be paired with
