@@ -87,6 +87,9 @@ def paired_auroc(candidate: ZeroShotScores, baseline: ZeroShotScores, groups: "S
         deltas[:, i] = cand_boot[:, i] - base_boot[:, i]
     macro_delta = class_averages(cand_boot, supports)[0] - class_averages(base_boot, supports)[0]
     out["macro_auroc"].update(_interval(macro_delta, spec.confidence))
+    # Every seed's comparison draws the same resamples (same volumes, groups and bootstrap seed), so
+    # keeping the draws lets a report combine seeds draw by draw (reports.stats.seeds_mean_ci).
+    out["macro_auroc_draws"] = [None if not np.isfinite(d) else round(float(d), 6) for d in macro_delta]
     out["per_class"] = {candidate.classes[i]: {"candidate": per_cand[i], "baseline": per_base[i],
                                                "delta": per_cand[i] - per_base[i],
                                                **_interval(deltas[:, i], spec.confidence)}

@@ -8,6 +8,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from reports.accuracy import paired_over_seeds
+
 
 def seed_summary(rows: Iterable[dict[str, Any]], metric: str = "auroc") -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
@@ -31,6 +33,8 @@ def seed_summary(rows: Iterable[dict[str, Any]], metric: str = "auroc") -> list[
         if metric == "auroc" and paired:
             entry["paired"] = [(p["delta"], p["ci_low"], p["ci_high"]) for p in paired]
             entry["paired_baseline"] = members[0]["vs_baseline"]["baseline_key"]
+            entry["paired_over_seeds"] = paired_over_seeds([r["vs_baseline"] for r in members
+                                                            if r.get("vs_baseline")])
         out.append(entry)
     return out
 
@@ -53,6 +57,8 @@ def format_summary(entries: list[dict[str, Any]], metric: str = "auroc") -> str:
                               for d, lo, hi in e["paired"])
             deltas = [d for d, _, _ in e["paired"]]
             spread = f" ± {np.std(deltas, ddof=1):.3f}" if len(deltas) > 1 else ""
-            lines.append(f"    paired vs {e['paired_baseline']}: {np.mean(deltas):+.3f}{spread} over seeds; "
+            both = e.get("paired_over_seeds")
+            interval = f" [{both[0]:+.3f}, {both[1]:+.3f}] over seeds and volumes" if both else " over seeds"
+            lines.append(f"    paired vs {e['paired_baseline']}: {np.mean(deltas):+.3f}{spread}{interval}; "
                          f"per seed {seeds}")
     return "\n".join(lines)

@@ -8,12 +8,14 @@ report) and the CI is dropped because intervals of different seeds do not combin
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable
 from typing import Any
 
 from reports import labels, schema
 from reports.load import AccRow
+from reports.stats import seeds_mean_ci
 from reports.table import Column, Context, Table, uniform
 
 METRIC_HEADERS = {
@@ -103,7 +105,8 @@ def _caption_notes(rows: list[AccRow], protocol: str, average: str) -> list[str]
         notes.append(
             f"{PAIRED_HEADER}: this variant's macro AUROC minus the baseline's on the same volumes and seed, with "
             "a paired bootstrap interval (both models scored on each resample; ablations/paired.py), which is "
-            "much narrower than the two separate intervals when the models make correlated errors."
+            "much narrower than the two separate intervals when the models make correlated errors; with "
+            "several seeds, mean ± std over seeds and an interval that resamples the seeds too."
         )
     notes.append(
         f"Data: {data.get('name', '?')} ({data.get('source', '?')}), split {data.get('split', '?')}, "
@@ -114,19 +117,34 @@ def _caption_notes(rows: list[AccRow], protocol: str, average: str) -> list[str]
 
 def _paired_columns(ok_runs: dict[str, list[AccRow]]) -> list[Column]:
     """Each variant's paired macro-AUROC difference from the baseline (ablations.paired): with one seed
-    the difference and its paired interval, with several the mean ± std of the seeds' differences."""
+    the difference and its paired interval; with several the mean ± std of the seeds' differences and,
+    when every seed drew the same resamples, an interval over seeds and volumes (stats.seeds_mean_ci)."""
     values, spreads, cis, p_values = [], [], [], []
     for runs in ok_runs.values():
-        blocks = [r.vs_baseline["macro_auroc"] for r in runs
-                  if r.vs_baseline and (r.vs_baseline.get("macro_auroc") or {}).get("delta") is not None]
+        compared = [r.vs_baseline for r in runs
+                    if r.vs_baseline and (r.vs_baseline.get("macro_auroc") or {}).get("delta") is not None]
+        blocks = [v["macro_auroc"] for v in compared]
         mean, std = summarise([b["delta"] for b in blocks])
         values.append(mean)
         spreads.append(std)
         one = blocks[0] if len(blocks) == 1 else None
-        cis.append((one.get("ci_low"), one.get("ci_high")) if one else None)
+        if one:
+            cis.append((one.get("ci_low"), one.get("ci_high")))
+        else:
+            cis.append(paired_over_seeds(compared))
         p_values.append(one.get("p_value") if one else None)
     return [Column(PAIRED_HEADER, values, fmt="{:+.3f}", ci=cis, spread=spreads),
             Column("paired p-value", p_values, fmt="{:.3f}", show=False)]
+
+
+def paired_over_seeds(compared: list[dict]) -> tuple[float, float] | None:
+    """The interval of the mean paired difference over seeds and volumes, from rows' `vs_baseline`
+    blocks; None unless every seed drew the same resamples of the same volumes."""
+    same = len({(json.dumps(v.get("bootstrap"), sort_keys=True), v.get("n_eval")) for v in compared}) == 1
+    draws = [v.get("macro_auroc_draws") for v in compared]
+    if len(compared) < 2 or not same or any(not d for d in draws):
+        return None
+    return seeds_mean_ci(draws)
 
 
 def accuracy_table(rows: list[AccRow], protocol: str, group_slug: str, average: str = "macro") -> Table:

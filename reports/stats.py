@@ -143,3 +143,23 @@ def rounds_median_ratio_ci(rounds: Sequence[Sequence[float]] | None,
     rng = np.random.default_rng(seed)
     ratios = _two_level_medians(kept, n_resamples, rng) / _two_level_medians(base, n_resamples, rng)
     return _percentiles(ratios, confidence)
+
+
+def seeds_mean_ci(draws: Sequence[Sequence[float | None]], confidence: float = CONFIDENCE,
+                  seed: int = SEED) -> Interval | None:
+    """Interval of the mean over training seeds of a paired difference, from each seed's bootstrap draws.
+
+    `draws[s][b]` is seed s's difference on resample b of the evaluated volumes; every seed must have
+    drawn the same resamples (ablations.paired does: same volumes, groups and bootstrap seed), so the
+    b-th draws of all seeds share one resample of the volumes. Each b then also resamples the seeds, so
+    the interval covers both which volumes were evaluated and which training runs were made. With
+    identical seeds it is the single seed's percentile interval exactly; few seeds give a coarse one.
+    """
+    if len(draws) < 2 or len({len(d) for d in draws}) != 1:
+        return None
+    table = np.array([[np.nan if v is None else v for v in d] for d in draws], dtype=float)  # (S, B)
+    n_seeds, n_draws = table.shape
+    picks = np.random.default_rng(seed).integers(n_seeds, size=(n_draws, n_seeds))
+    combined = table[picks, np.arange(n_draws)[:, None]].mean(axis=1)
+    combined = combined[np.isfinite(combined)]
+    return _percentiles(combined, confidence) if combined.size else None

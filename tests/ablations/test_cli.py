@@ -45,6 +45,7 @@ def test_run_writes_schema_rows_resumes_and_infer_reads_its_checkpoint(phantom_t
         assert vs["macro_auroc"]["delta"] == pytest.approx(auroc[0] - auroc[1])
         assert vs["macro_auroc"]["ci_low"] <= vs["macro_auroc"]["delta"] <= vs["macro_auroc"]["ci_high"]
         assert vs["bootstrap"] == dict(base["protocols"]["ctclip"]["bootstrap"], by=vs["bootstrap"]["by"])
+        assert len(vs["macro_auroc_draws"]) == 20  # bootstrap: 20 in the config; kept for combining seeds
     # Resume: nothing left to do.
     assert run_main(["--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
     assert len(read_rows(out / "accuracy.jsonl")) == 4

@@ -117,3 +117,8 @@ def test_sweep_summary_lists_each_seeds_paired_difference() -> None:
     assert "paired vs faithful: +0.010 ± 0.028 over seeds; per seed +0.030 [+0.010, +0.050]*, " \
            "-0.010 [-0.030, +0.010]" in text
     assert text.count("paired vs") == 1  # the baseline has nothing to be paired with
+    # With each seed's draws (same resamples), the summary gives the interval over seeds and volumes too.
+    for r, shift in zip(rows[2:], (0.03, -0.01)):
+        r["vs_baseline"].update(bootstrap={"n": 4, "seed": 0}, n_eval=10,
+                                macro_auroc_draws=[shift + d for d in (-0.01, 0.0, 0.0, 0.01)])
+    assert "over seeds and volumes" in format_summary(seed_summary(rows))

@@ -106,3 +106,17 @@ def test_tables_merge_rounds_and_say_so(tmp_path) -> None:
     medians = [np.median(s) * 1e3 for s in modern]
     assert frame["step median, min over rounds (ms)"].iloc[1] == pytest.approx(min(medians))
     assert frame["step median, max over rounds (ms)"].iloc[1] == pytest.approx(max(medians))
+
+
+def test_seeds_combine_draw_by_draw() -> None:
+    """Seeds that drew the same volume resamples: identical seeds give the single seed's percentile
+    interval exactly; seeds that disagree widen it; unusable input gives none."""
+    from reports.stats import seeds_mean_ci
+
+    draws = list(np.random.default_rng(7).normal(0.01, 0.01, 1000))
+    assert seeds_mean_ci([draws, draws, draws]) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+    spread = seeds_mean_ci([draws, [d + 0.03 for d in draws], [d - 0.03 for d in draws]])
+    single = np.percentile(draws, [2.5, 97.5])
+    assert spread[0] < single[0] - 0.01 and spread[1] > single[1] + 0.01
+    assert seeds_mean_ci([draws]) is None and seeds_mean_ci([draws, draws[:-1]]) is None
+    assert seeds_mean_ci([[None] * 5, [None] * 5]) is None

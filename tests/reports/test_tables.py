@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -268,3 +269,28 @@ def test_paired_difference_column(tmp_path) -> None:
     assert "paired bootstrap interval" in t.caption
     frame = pd.read_csv(tmp_path / "out" / "accuracy-ctclip.csv")
     assert list(frame["paired p-value"].round(3).fillna(-1)) == [-1, 0.12, -1]
+
+
+def test_paired_interval_over_seeds_needs_the_same_resamples(tmp_path) -> None:
+    from reports.stats import seeds_mean_ci
+
+    rng = np.random.default_rng(0)
+    draws = [list(rng.normal(d, 0.01, 200)) for d in (0.01, 0.02, 0.03)]
+
+    def row(seed: int, n_boot: int) -> dict:
+        vs = {"baseline_key": "faithful", "n_eval": 100, "bootstrap": {"n": n_boot, "seed": 0, "by": "patient"},
+              "macro_auroc": {"delta": float(np.mean(draws[seed])), "ci_low": None, "ci_high": None},
+              "macro_auroc_draws": draws[seed]}
+        return dict(f.acc_row(f.MODERN, seed=seed), vs_baseline=vs)
+
+    header = "Δ macro AUROC vs baseline (paired)"
+    f.write(tmp_path / "a.jsonl", [f.acc_row(baseline=True)] + [row(s, 200) for s in range(3)])
+    build_reports([tmp_path / "a.jsonl"], tmp_path / "out", ["md"])
+    lo, hi = seeds_mean_ci(draws)
+    cell = sections(tmp_path / "out" / "accuracy-ctclip.md")[0].row("architecture", "FA (SDPA)")[header]
+    assert cell.endswith(f"[{lo:+.3f}, {hi:+.3f}]")
+    # One seed bootstrapped differently: its draws are not the others' resamples, so no interval.
+    f.write(tmp_path / "b.jsonl", [f.acc_row(baseline=True), row(0, 200), row(1, 200), row(2, 100)])
+    build_reports([tmp_path / "b.jsonl"], tmp_path / "out2", ["md"])
+    cell = sections(tmp_path / "out2" / "accuracy-ctclip.md")[0].row("architecture", "FA (SDPA)")[header]
+    assert "[" not in cell and "±" in cell
