@@ -23,7 +23,7 @@ import pandas as pd
 from reports.efficiency import memory_figures
 from reports.load import EffRow, ResultFileError, load
 from reports.rounds import merge_rounds, n_rounds, round_samples
-from reports.stats import Interval, rounds_median_ratio_ci
+from reports.stats import Interval, resolved, rounds_median_ratio_ci
 
 
 @dataclass
@@ -61,10 +61,8 @@ def _change(before: EffRow, after: EffRow) -> CellChange:
         change.memory_ratio = memory_after / memory_before
     if change.time_ci is None:
         change.verdict = "no interval (too few timed steps)"
-    elif change.time_ci[1] < 1.0:
-        change.verdict = "faster"
-    elif change.time_ci[0] > 1.0:
-        change.verdict = "slower"
+    elif resolved(change.time_ci):
+        change.verdict = "faster" if change.time_ci[1] < 1.0 else "slower"
     else:
         change.verdict = "unresolved"
     return change

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from reports import labels, schema
 from reports.load import EffRow, latest
 from reports.rounds import merge_rounds, ms_intervals, n_rounds, ratio_intervals, round_medians
-from reports.stats import CONFIDENCE
+from reports.stats import CONFIDENCE, Interval
 from reports.table import Column, Context, Table, decimals, uniform
 
 GIB = schema.GIB
@@ -165,7 +165,7 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
     for stage in STAGE_ORDER:
         col = _with_change(f"{STAGE_HEADERS[stage]} (ms)", [_stage_ms(r, stage) for r in rows], bi, "min")
         if stage == "step":  # the other stages' intervals are in the CSV
-            col.change_ci = ratio_intervals(rows, stage, base)
+            col.change_ci = step_ci = ratio_intervals(rows, stage, base)
         cols.append(col)
     cols.append(_with_change("TFLOP/s", [r.tflops_per_s for r in rows], bi, "max", at_least=3))
     cols.append(
@@ -180,7 +180,7 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
             )
         )
     cols.append(Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]))
-    cols += _csv_only(rows, base)
+    cols += _csv_only(rows, base, step_ci)
     notes = [
         f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."
         if base is not None
@@ -196,10 +196,12 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
     return Table("efficiency", "Training-step efficiency", ctx, cols, group_slug, notes, _csv_context(rows))
 
 
-def _csv_only(rows: list[EffRow], base: EffRow | None) -> list[Column]:
+def _csv_only(rows: list[EffRow], base: EffRow | None, step_ci: list[Interval | None]) -> list[Column]:
     """Spread, intervals, counts and raw identities for the CSV; the shown tables keep the seed's compact
-    layout (of the intervals they show only the total step's ratio). Every stage gets the same block
-    (median, its interval, ratio to the baseline and that ratio's interval), the step included."""
+    layout (of the intervals they show only the total step's ratio, `step_ci`, reused here rather than
+    resampled again). Every stage gets the same block (median, its interval, ratio to the baseline and
+    that ratio's interval), the step included."""
+    bi = rows.index(base) if base is not None else None
     cols = [
         Column("variant key", [r.variant_key for r in rows], show=False),
         Column("design", [r.design for r in rows], show=False),
@@ -210,11 +212,10 @@ def _csv_only(rows: list[EffRow], base: EffRow | None) -> list[Column]:
     for stage in schema.ALL_STAGES:
         for stat in ("iqr", "p10", "p90"):
             cols.append(Column(f"{stage} {stat} (ms)", [_stage_ms(r, stage, stat) for r in rows], show=False))
-        medians = [_stage_ms(r, stage) for r in rows]
-        base_median = _stage_ms(base, stage) if base is not None else None
-        cols.append(Column(f"{stage} median (ms)", medians, show=False, ci=ms_intervals(rows, stage),
-                           change=[None if r is base else _ratio(m, base_median) for r, m in zip(rows, medians)],
-                           change_ci=ratio_intervals(rows, stage, base)))
+        median = _with_change(f"{stage} median (ms)", [_stage_ms(r, stage) for r in rows], bi, None)
+        median.show, median.ci = False, ms_intervals(rows, stage)
+        median.change_ci = step_ci if stage == "step" else ratio_intervals(rows, stage, base)
+        cols.append(median)
         cols.append(
             Column(
                 f"{stage} n",
@@ -262,7 +263,7 @@ def switch_table(rows: list[EffRow], design: str, group_slug: str) -> Table | No
         for r in rows
     ]
     step = _with_change("total step (ms)", [_stage_ms(r, "step") for r in rows], bi, "min")
-    step.change_ci = ratio_intervals(rows, "step", base)
+    step.change_ci = step_ci = ratio_intervals(rows, "step", base)
     cols = [
         Column("switch" if design == "ofat" else "reverted switch", names),
         Column("status", [labels.status(r.status) for r in rows]),
@@ -270,7 +271,7 @@ def switch_table(rows: list[EffRow], design: str, group_slug: str) -> Table | No
         step,
         Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]),
     ]
-    cols += _csv_only(rows, base)
+    cols += _csv_only(rows, base, step_ci)
     notes = ["Ratios in brackets are value / baseline; cells that did not run show their status and why."]
     notes += interval_note(cols, rows)
     if rows[0].device.type == "cpu":
