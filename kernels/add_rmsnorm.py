@@ -109,7 +109,10 @@ class TritonAddRMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, branch: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
-                out_dtype: torch.dtype, write_sum_copy: bool):
+                out_dtype: torch.dtype, sum_copy: bool):
+        # A copy in s's own dtype is s: returned as a second view of it rather than written, so that its
+        # consumers' gradient still arrives as d_sum_copy and is summed in the kernel, not by autograd.
+        write_sum_copy = sum_copy and out_dtype != torch.promote_types(branch.dtype, residual.dtype)
         total, y, copy, r = add_rmsnorm_forward(branch, residual, weight, eps, out_dtype, write_sum_copy)
         ctx.save_for_backward(total, weight, r)
         ctx.branch_dtype = branch.dtype
@@ -117,7 +120,9 @@ class TritonAddRMSNormFunction(torch.autograd.Function):
         # None rather than as materialised zeros, and the kernel skips them.
         ctx.set_materialize_grads(False)
         shape = residual.shape
-        return total.view(shape), y.view(shape), (copy.view(shape) if write_sum_copy else None)
+        if sum_copy and not write_sum_copy:
+            copy = total
+        return total.view(shape), y.view(shape), (copy.view(shape) if sum_copy else None)
 
     @staticmethod
     def backward(ctx, d_sum: Optional[torch.Tensor], dy: Optional[torch.Tensor],
@@ -159,9 +164,4 @@ class TritonAddRMSNorm(TritonRMSNorm):
         sum_dtype = torch.promote_types(branch.dtype, residual.dtype)
         if out_dtype is None:
             out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sum_dtype
-        write_copy = sum_copy and out_dtype != sum_dtype
-        total, y, copy = TritonAddRMSNormFunction.apply(branch, residual, self.weight, self.eps, out_dtype,
-                                                        write_copy)
-        if sum_copy and not write_copy:
-            copy = total
-        return total, y, copy
+        return TritonAddRMSNormFunction.apply(branch, residual, self.weight, self.eps, out_dtype, sum_copy)

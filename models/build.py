@@ -21,6 +21,7 @@ from models.position import POSITIONS
 from models.projection import PROJECTIONS
 from models.qk_norm import QK_NORMS
 from models.registry import Registry
+from models.residual import RESIDUALS
 from models.text import TEXT_TOWERS
 from models.transformer import checkpoint_options
 from models.variant import Size, Variant, get_size
@@ -31,6 +32,7 @@ AXIS_REGISTRIES: dict[str, Registry] = {
     "attention": ATTENTION, "position": POSITIONS, "norm": NORMS, "mlp": ACTIVATIONS,
     "loss": LOSSES, "text": TEXT_TOWERS, "vq_impl": VQ_IMPLS, "optimizer": OPTIMIZERS, "qk_norm": QK_NORMS,
     "peg_impl": PEG_IMPLS, "patch_embed": PATCH_EMBEDS, "projection": PROJECTIONS,
+    "residual": RESIDUALS,
 }
 
 

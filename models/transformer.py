@@ -11,6 +11,7 @@ from models.mlp import FeedForward
 from models.norms import fuses_residual_add, make_norm
 from models.peg import PEG, Grid
 from models.position import SpatialPosition
+from models.residual import RESIDUALS
 
 
 def maybe_checkpointed(enabled: bool, module: nn.Module, *args, context_fn=noop_context_fn):
@@ -76,10 +77,12 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Layer(dim, heads, dim_head, ff_inner, variant, stage)
                                     for _ in range(depth))
         self.norm_out = make_norm(variant.norm, dim, "out")
+        self.stream_dtype = RESIDUALS.get(variant.residual).impl
         self.checkpointing = variant.checkpointing
         self.checkpoint_context_fn = noop_context_fn
 
     def forward(self, x: torch.Tensor, grid: Grid, position: "SpatialPosition | None" = None) -> torch.Tensor:
+        x = self.stream_dtype(x)
         if not all(layer.fused_add_norm for layer in self.layers):
             for layer in self.layers:
                 x = maybe_checkpointed(self.checkpointing, layer, x, grid, position,

@@ -39,6 +39,9 @@ AXES: dict[str, tuple[Any, ...]] = {
     # How the two latent projections run (models/projection.py): nn.Linear under autocast, as upstream,
     # or split-K Triton kernels that read the fp32 weight in place and round as autocast does.
     "projection": ("eager", "triton"),
+    # The visual residual stream's dtype under autocast (models/residual.py): fp32 as upstream keeps it,
+    # or autocast's 16-bit dtype from each stage's entry on (Megatron-LM's default).
+    "residual": ("fp32", "autocast"),
     "precision": ("fp32", "fp16", "bf16"),
     "checkpointing": (False, True),
     "compile": (False, True),
@@ -52,7 +55,7 @@ AXES: dict[str, tuple[Any, ...]] = {
 _KEY_ABBREV: dict[str, str] = {
     "attention": "attn", "position": "pos", "norm": "norm", "mlp": "mlp", "loss": "loss", "text": "text",
     "vq": "vq", "vq_impl": "vqimpl", "peg_layout": "peg", "peg_impl": "pegimpl", "patch_embed": "patch",
-    "projection": "proj",
+    "projection": "proj", "residual": "res",
     "precision": "prec", "checkpointing": "ckpt",
     "compile": "compile", "optimizer": "opt", "qk_norm": "qk",
 }
@@ -96,6 +99,7 @@ class Variant:
     peg_impl: str = "conv3d"
     patch_embed: str = "eager"
     projection: str = "eager"
+    residual: str = "fp32"
     precision: str = "fp32"
     checkpointing: bool = False
     compile: bool = False

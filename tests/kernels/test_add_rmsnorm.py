@@ -108,6 +108,33 @@ def test_16_bit_stream_rounds_the_sum_before_normalising_it(dtype):
     assert (y == expected).float().mean() > 0.95
 
 
+def test_a_copy_in_the_streams_own_dtype_is_the_stream_and_its_gradient_is_summed_in_the_kernel():
+    # models/residual.py's `autocast` stream: s is bf16 already, so the K/V copy is s itself (no second
+    # buffer), yet its consumers' gradient still reaches the backward kernel as d_sum_copy: autograd adds
+    # nothing, and the backward is the kernel alone.
+    from tests.kernels.oplog import OpLog
+
+    residual, branch, _, ds, dy, ds_copy = make_inputs((13, 37), seed=5)
+    module = TritonAddRMSNorm(37, eps=EPS).to(DEVICE)
+    leaves = [t.bfloat16().requires_grad_(True) for t in (residual, branch)]
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        total, y, copy = module.add_and_norm(leaves[1], leaves[0], sum_copy=True)
+    assert copy.dtype == total.dtype == y.dtype == torch.bfloat16 and copy.data_ptr() == total.data_ptr()
+    loss = sum(((t * g.bfloat16()).float().sum() for t, g in ((total, ds), (y, dy), (copy, ds_copy))))
+    with OpLog() as log:
+        loss.backward(inputs=leaves)
+    assert log.names.count("ctclip_kernels.add_rmsnorm_backward") == 1
+    assert "aten.add" not in log.names and "aten.add_" not in log.names, log.names
+    # The same gradient as the unfused bf16 path's, within FlashAttention's rule against fp64 (on the
+    # same bf16-rounded inputs, the module's unit weight).
+    inputs = [t.bfloat16() for t in (residual, branch)] + [module.weight.detach().bfloat16()]
+    grads = [g.bfloat16() for g in (ds, dy, ds_copy)]
+    exact = grads_of(unfused, *(t.double() for t in inputs), *(g.double() for g in grads), torch.float64)[1]
+    baseline = grads_of(unfused, *inputs, *grads, torch.bfloat16)[1]
+    assert_fa_rule(leaves[0].grad, baseline[0], exact[0], "d_residual")
+    assert torch.equal(leaves[0].grad, leaves[1].grad)
+
+
 def test_non_contiguous_inputs_and_gradients():
     residual, branch, _, *grads = make_inputs((5, 2 * 64, 9))
     weight = make_inputs((1, 64))[2]
