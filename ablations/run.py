@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ablations.autocast_policy import POLICIES, autocast_policy
 from ablations.bootstrap import BootstrapSpec
 from ablations.config import parse_with_config
 from ablations.distributed import DistContext, init_from_env
@@ -90,7 +91,8 @@ def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistCont
     from models.text import load_tokenizer, tokenize
 
     variant = cell.variant
-    key = accuracy_cell_key(variant.key, size.name, seed, data_info["name"])
+    policy = autocast_policy(args.autocast_policy, variant.precision, device)
+    key = accuracy_cell_key(variant.key, size.name, seed, data_info["name"]) + policy.key_suffix
     template = get_template(args.template)
     base = dict(cell_key=key, variant_key=variant.key, variant=variant.as_dict(), size=size.name,
                 size_config=size.as_dict(), batch=args.batch, seed=seed, design=cell.design, baseline=cell.baseline,
@@ -101,7 +103,7 @@ def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistCont
                       text_lr_scale=args.text_lr_scale)
     training = {"steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
                 "text_lr_scale": args.text_lr_scale, "precision": variant.precision,
-                "world_size": dist.world_size}
+                "autocast_policy": policy.name, "world_size": dist.world_size}
     reason = supports(variant, device)
     if reason:
         return AccuracyResult(status="unsupported", reason=reason, training=training, **base)
@@ -112,14 +114,16 @@ def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistCont
     extra = {"variant": variant.as_dict(), "size": size.as_dict(), "tokenizer": args.tokenizer,
              "text_weights": args.text_weights, "prompts": template.as_dict()}
     try:
-        result = train(model, splits["train"], tok, cfg, out / "checkpoints" / _safe(key), dist, extra,
-                       progress=not args.quiet)
+        with policy.context():
+            result = train(model, splits["train"], tok, cfg, out / "checkpoints" / _safe(key), dist, extra,
+                           progress=not args.quiet)
     except Diverged as error:
         return AccuracyResult(status="diverged", message=str(error), training=training, **base)
     training.update(wall_s=round(result.wall_s, 3), final_loss=result.final_loss, resumed_from=result.resumed_from)
-    blocks, roc, scores = evaluate_model(model, splits["valid"], tok, data_info["classes"], args.template,
-                                         args.protocols, BootstrapSpec(args.bootstrap, args.bootstrap_seed),
-                                         splits.get("calibration"), args.eval_batch)
+    with policy.context():
+        blocks, roc, scores = evaluate_model(model, splits["valid"], tok, data_info["classes"], args.template,
+                                             args.protocols, BootstrapSpec(args.bootstrap, args.bootstrap_seed),
+                                             splits.get("calibration"), args.eval_batch)
     scores_file = None
     if dist.is_main:
         scores_file = f"scores/{_safe(key)}.npz"
@@ -129,6 +133,13 @@ def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistCont
                           **base)
 
 
+def _same_autocast(row: dict, result: AccuracyResult) -> bool:
+    """Whether a baseline row ran under the same autocast policy as `result`, or either ran none (fp32),
+    or the row predates the field: rows of a CPU's own policy never pair with emulated-CUDA ones."""
+    theirs, ours = (row.get("training") or {}).get("autocast_policy"), result.training.get("autocast_policy")
+    return theirs in (None, "none", ours) or ours in (None, "none")
+
+
 def compare_with_baseline(result: AccuracyResult, rows: list[dict], out: Path, spec: BootstrapSpec) -> None:
     """Attach the paired AUROC difference from the baseline row of the same seed, size and data (the
     design's first cell, run before the others), when that row finished and kept its scores."""
@@ -136,7 +147,8 @@ def compare_with_baseline(result: AccuracyResult, rows: list[dict], out: Path, s
         return
     base = next((r for r in reversed(rows) if r.get("baseline") and r.get("status") == "ok"
                  and r.get("seed") == result.seed and r.get("size") == result.size
-                 and (r.get("data") or {}).get("name") == result.data.get("name") and r.get("scores_file")), None)
+                 and (r.get("data") or {}).get("name") == result.data.get("name") and r.get("scores_file")
+                 and _same_autocast(r, result)), None)
     if base is None or not (out / base["scores_file"]).exists():
         return
     candidate = load_scores(out / result.scores_file)
@@ -186,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of training patients held out to fit `clean` thresholds (0: fixed 0.5)")
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--autocast-policy", choices=POLICIES, default="device",
+                   help="on a CPU, whose autocast casts a bf16/fp16 cell follows: the CPU's own (which keeps "
+                        "norms, softmax and so upstream's residual stream in 16 bits) or CUDA's, emulated "
+                        "(bench.cuda_autocast), for a GPU's numerics")
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the offline BERT vocab)")
     p.add_argument("--text-weights", default=None, help="local text-tower checkpoint folder (bert-base)")
     p.add_argument("--no-resume", action="store_true", help="rerun cells that already have a row")
@@ -240,7 +256,8 @@ def main(argv: "list[str] | None" = None) -> int:
     envs[0]["count"] = dist.world_size if device.type == "cuda" else torch.get_num_threads()
     for cell in cells:
         for seed in seeds:
-            key = accuracy_cell_key(cell.variant.key, size.name, seed, data_info["name"])
+            key = accuracy_cell_key(cell.variant.key, size.name, seed, data_info["name"]) + autocast_policy(
+                args.autocast_policy, cell.variant.precision, device).key_suffix
             if key in done:
                 print(f"skip {key}: already in {rows_path}")
                 continue
