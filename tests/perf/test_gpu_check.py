@@ -234,12 +234,13 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     plan = make_plan(dry_run=False)
     parts = {p.name: p for p in plan.cell_parts}
     faithful, modern = Variant.faithful().replace(precision="bf16"), Variant.modern().replace(precision="bf16")
-    fast, lean, cpb, eager_patch, upstream_peg, eager_projection, unfused_norm = (
+    fast, lean, cpb, fp32_stream, eager_patch, upstream_peg, eager_projection, unfused_norm = (
         c.variant for c in parts["targets"].cells)
     compiled = parts["targets-compiled"].cells[0].variant
     rows = {"paper-bf16": [_gpu_row(faithful, 1.0, 40.0, 0.20, baseline=True), _gpu_row(modern, 0.9, 30.0, 0.22)],
             "targets": [_gpu_row(fast, 0.6, 16.0, 0.33), _gpu_row(lean, 0.95, 10.0, 0.21, hfu=0.26),
-                        _gpu_row(cpb, 0.8, 18.0, 0.25), _gpu_row(eager_patch, 0.61, 16.9, 0.32),
+                        _gpu_row(cpb, 0.8, 18.0, 0.25), _gpu_row(fp32_stream, 0.6, 17.5, 0.33),
+                        _gpu_row(eager_patch, 0.61, 16.9, 0.32),
                         _gpu_row(upstream_peg, 0.62, 16.1, 0.31), _gpu_row(eager_projection, 0.63, 16.1, 0.31),
                         _gpu_row(unfused_norm, 0.65, 16.0, 0.30)],
             "targets-compiled": [_gpu_row(compiled, 0.45, 14.0, 0.44)]}
@@ -272,7 +273,7 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     assert data["targets"]["leanest"]["reached"]
     # The checkpointed candidate's MFU leaves out its recomputation, its HFU keeps it.
     assert f"| {lean.key} | ok | 950.0 | 10.000 | 0.950x | 0.250x | 208 | 21.0 % | 26.0 % |" in text
-    assert len(data["targets"]["rows"]) == 8 and "targets-compiled" not in data
+    assert len(data["targets"]["rows"]) == 9 and "targets-compiled" not in data
     assert "0.450x step time, MFU 44.0 %" in text and f"of a {sum(plan.budgets().values()):.0f} s budget" in text
 
 
