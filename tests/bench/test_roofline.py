@@ -243,3 +243,28 @@ def test_the_roofline_costs_ops_as_dispatched_not_as_the_flop_counter_decomposes
     assert not names & {"aten.sigmoid", "aten.rsqrt", "aten.pow"}  # the decompositions' ops
     assert forward > 0 and backward > forward
     assert roofline.estimate().flops == pytest.approx(forward + backward)
+
+
+def test_a_bf16_residual_stream_moves_fewer_bytes_and_adds_no_gradient_sums():
+    # The fastest candidate with upstream's fp32 stream and with residual=autocast, under CUDA's dispatch:
+    # the fused add-norm and PEG kernels read and write a 2-byte stream instead of a 4-byte one, and the
+    # K/V input, being the stream itself, sends its gradient into the norm's backward kernel rather than
+    # into an autograd add (so there are no more adds than with the fp32 stream and its bf16 copy).
+    from bench.design import fastest_candidate
+    from bench.estimate import dispatch_context, fake_training_step, flops_and_roofline
+
+    costs = {}
+    for residual in ("fp32", "autocast"):
+        variant = fastest_candidate().replace(precision="bf16", residual=residual)
+        mode, step = fake_training_step(variant, get_size("tiny"), 2, "cuda")
+        with mode, dispatch_context("cuda"):
+            costs[residual] = flops_and_roofline(step, RooflineMode(SPEC))[3].costs
+    fused = ("ctclip_kernels.add_rmsnorm_forward", "ctclip_kernels.add_rmsnorm_backward",
+             "ctclip_kernels.peg_add_conv_forward[fp32]", "ctclip_kernels.peg_add_conv_backward[bf16]")
+    lean_names = {"ctclip_kernels.peg_add_conv_forward[bf16]": fused[2]}
+    lean = {lean_names.get(name, name): cost for name, cost in costs["autocast"].items()}
+    for name in fused:
+        assert lean[name].calls == costs["fp32"][name].calls > 0
+        assert lean[name].bytes < 0.8 * costs["fp32"][name].bytes, name
+    assert lean["aten.add"].calls <= costs["fp32"]["aten.add"].calls
+    assert sum(c.bytes for c in lean.values()) < sum(c.bytes for c in costs["fp32"].values())
