@@ -82,3 +82,19 @@ def test_a_16_bit_stream_stays_within_bf16_rounding_of_the_fp32_model():
         assert error_lean <= 4 * error_upstream + 0.05 * scale, (name, error_lean, error_upstream, scale)
     # And the stream really was rounded: the two bf16 models differ.
     assert not all(torch.equal(grads_lean[n], grads_upstream[n]) for n in visual)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_16_bit_stream_trains_in_either_autocast_dtype(precision):
+    # test_every_variant trains each switch at fp32, where this one is unsupported: one step here, under
+    # CUDA's casts, with every gradient finite and the stream in the precision's own 16-bit dtype.
+    variant = Variant(residual="autocast", precision=precision)
+    model = build(variant, "tiny").train()
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    with cuda_autocast_policy():
+        assert set(_stream_dtypes(model, example_batch("tiny"))) == {want}
+        loss = model(*example_batch("tiny")).loss
+        loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 50 and all(torch.isfinite(g).all() for g in grads)
