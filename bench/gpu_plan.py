@@ -70,9 +70,9 @@ def target_variants(dry_run: bool) -> list[Variant]:
     MLP, the q/k norm + RoPE, the PEG's convolution, the patch norm, the latent projections and the VQ's
     nearest-code search in tf32, fused AdamW, the VQ's EMA without its 55,296 x 8,192 one-hot, and the
     residual stream in bf16; bench.roofline puts its eager bound at 0.26x the faithful one on an H100),
-    the leanest (plus checkpointing; bench.estimate predicts 0.20x the faithful peak), one without Triton
-    that keeps CT-CLIP's learned bias through the memory-efficient kernel, then the fastest with upstream's
-    fp32 stream (what the bf16 stream buys, measured), and last (run if the budget allows) the four
+    the leanest (plus checkpointing; bench.estimate predicts 0.20x the faithful peak), the fastest with
+    upstream's fp32 stream (what the bf16 stream buys, measured), one without Triton that keeps CT-CLIP's
+    learned bias through the memory-efficient kernel, and last (run if the budget allows) the four
     ladder steps before that (bench.design.target_ladder), which isolate the patch-norm kernel, the PEG
     kernel (whose effect on a GPU the roofline cannot see: PyTorch's 5-D depthwise convolution is its own
     kernel, not cuDNN's), the projection kernel and then the fused add."""
@@ -82,7 +82,7 @@ def target_variants(dry_run: bool) -> list[Variant]:
         return [Variant.modern().replace(position="rope", vq_impl="chunked", optimizer="adamw_fused",
                                          precision="bf16")]
     return [v.replace(precision="bf16") for v in (
-        fast, leanest_candidate(), learned_bias_candidate(), fp32_stream, without_patch_kernel, without_peg_kernel,
+        fast, leanest_candidate(), fp32_stream, learned_bias_candidate(), without_patch_kernel, without_peg_kernel,
         without_projection_kernel, without_fused_add,
     )]
 

@@ -234,7 +234,7 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     plan = make_plan(dry_run=False)
     parts = {p.name: p for p in plan.cell_parts}
     faithful, modern = Variant.faithful().replace(precision="bf16"), Variant.modern().replace(precision="bf16")
-    fast, lean, cpb, fp32_stream, eager_patch, upstream_peg, eager_projection, unfused_norm = (
+    fast, lean, fp32_stream, cpb, eager_patch, upstream_peg, eager_projection, unfused_norm = (
         c.variant for c in parts["targets"].cells)
     compiled = parts["targets-compiled"].cells[0].variant
     rows = {"paper-bf16": [_gpu_row(faithful, 1.0, 40.0, 0.20, baseline=True), _gpu_row(modern, 0.9, 30.0, 0.22)],
