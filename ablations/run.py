@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ablations.autocast_policy import POLICIES, autocast_policy
+from ablations.autocast_policy import POLICIES, AutocastPolicy, autocast_policy
 from ablations.bootstrap import BootstrapSpec
 from ablations.config import parse_with_config
 from ablations.distributed import DistContext, init_from_env
@@ -85,14 +85,12 @@ def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)[:150] + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
-def run_cell(cell: CellSpec, seed: int, args, size, splits: dict, dist: DistContext, device: torch.device,
-             out: Path, data_info: dict, envs: tuple) -> AccuracyResult:
+def run_cell(cell: CellSpec, seed: int, key: str, policy: AutocastPolicy, args, size, splits: dict,
+             dist: DistContext, device: torch.device, out: Path, data_info: dict, envs: tuple) -> AccuracyResult:
     from models import build, supports
     from models.text import load_tokenizer, tokenize
 
     variant = cell.variant
-    policy = autocast_policy(args.autocast_policy, variant.precision, device)
-    key = accuracy_cell_key(variant.key, size.name, seed, data_info["name"]) + policy.key_suffix
     template = get_template(args.template)
     base = dict(cell_key=key, variant_key=variant.key, variant=variant.as_dict(), size=size.name,
                 size_config=size.as_dict(), batch=args.batch, seed=seed, design=cell.design, baseline=cell.baseline,
@@ -256,14 +254,15 @@ def main(argv: "list[str] | None" = None) -> int:
     envs[0]["count"] = dist.world_size if device.type == "cuda" else torch.get_num_threads()
     for cell in cells:
         for seed in seeds:
-            key = accuracy_cell_key(cell.variant.key, size.name, seed, data_info["name"]) + autocast_policy(
-                args.autocast_policy, cell.variant.precision, device).key_suffix
+            policy = autocast_policy(args.autocast_policy, cell.variant.precision, device)
+            key = accuracy_cell_key(cell.variant.key, size.name, seed, data_info["name"]) + policy.key_suffix
             if key in done:
                 print(f"skip {key}: already in {rows_path}")
                 continue
             t0 = time.perf_counter()
             try:
-                result = run_cell(cell, seed, args, size, splits, dist, device, out, dict(data_info), envs)
+                result = run_cell(cell, seed, key, policy, args, size, splits, dist, device, out, dict(data_info),
+                                  envs)
             except Exception as error:  # one broken cell must not lose the sweep
                 traceback.print_exc()
                 result = AccuracyResult(cell_key=key, variant_key=cell.variant.key, variant=cell.variant.as_dict(),
