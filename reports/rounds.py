@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from reports.load import EffRow, latest
+from reports.load import EffRow, Stage, latest
 from reports.stats import Interval, rounds_median_ci, rounds_median_ratio_ci
 
 
@@ -49,16 +49,19 @@ def _merge(rounds: list[EffRow]) -> EffRow:
     return dataclasses.replace(chosen, flags=flags, rounds=list(rounds))
 
 
+def _ok_stages(row: EffRow, stage: str) -> list[Stage]:
+    """`stage` of every `ok` round of the cell (the row itself for a single round)."""
+    return [r.stages[stage] for r in (row.rounds or [row]) if r.status == "ok" and stage in r.stages]
+
+
 def round_samples(row: EffRow | None, stage: str) -> list[tuple[float, ...]]:
     """The timed samples of `stage`, one tuple per `ok` round of the cell (one for a single round)."""
-    if row is None:
-        return []
-    return [r.stages[stage].samples for r in (row.rounds or [row]) if r.status == "ok" and stage in r.stages]
+    return [] if row is None else [s.samples for s in _ok_stages(row, stage)]
 
 
 def round_medians(row: EffRow, stage: str) -> list[float]:
     """Each `ok` round's median of `stage`, in seconds."""
-    return [r.stages[stage].median for r in (row.rounds or [row]) if r.status == "ok" and stage in r.stages]
+    return [s.median for s in _ok_stages(row, stage)]
 
 
 def ratio_intervals(rows: list[EffRow], stage: str, base: EffRow | None) -> list[Interval | None]:
