@@ -9,6 +9,8 @@ backward formula ignores `groups` for the weight gradient, over-counting CT-CLIP
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 import torch
@@ -75,7 +77,20 @@ register_grouped_conv_backward_formula()
 
 
 def counter() -> FlopCounterMode:
+    _import_kernel_formulas()
     return FlopCounterMode(display=False)
+
+
+def _import_kernel_formulas() -> None:
+    """Import the Triton kernel modules, which register their custom ops' FLOP formulas, if Triton is
+    installed. FlopCounterMode copies the formula registry when it is made, and models/ imports a kernel
+    module lazily, at a forward's first call: a counter made before any forward would count those ops 0."""
+    if importlib.util.find_spec("triton") is None:
+        return
+    import kernels
+
+    for name in kernels.KERNEL_MODULES:
+        importlib.import_module(name)
 
 
 def matmul_precision(precision: str, device_type: str) -> str:

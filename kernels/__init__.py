@@ -44,7 +44,7 @@ _LAZY = {
     "triton_patch_layer_norm": "kernels.patch_norm",
     "triton_skinny_linear": "kernels.skinny_linear",
 }
-_KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
+KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
                    "kernels.vq_nearest", "kernels.peg_conv", "kernels.peg_add_conv", "kernels.patch_norm",
                    "kernels.skinny_linear")
 
@@ -68,7 +68,7 @@ def supports(device: "torch.device | str" = "cpu") -> "str | None":
             return f"Triton needs compute capability >= 7.0 (as torch.compile checks); {name} is older"
         return None
     if device.type == "cpu":
-        loaded = [sys.modules[name] for name in _KERNEL_MODULES if name in sys.modules]
+        loaded = [sys.modules[name] for name in KERNEL_MODULES if name in sys.modules]
         if loaded:
             # The kernels already exist: what counts is whether they were defined interpreted.
             if all(getattr(module, "INTERPRETED", False) for module in loaded):
