@@ -3,7 +3,8 @@
 scale + rotary embedding (TritonQKNormRope), and the VQ's nearest-code search (nearest_code: argmax of
 x @ codes^T without the score matrix), the PEG's causal depthwise 3x3x3 convolution on the token
 stream (triton_peg_conv), the patch embedding's gather + LayerNorm (triton_patch_layer_norm), and the
-latent projections of a few rows read from the fp32 weight in place (triton_skinny_linear).
+latent projections of a few rows read from the fp32 weight in place (triton_skinny_linear), and the
+gated feed-forward with its gate in the matmuls' epilogues (triton_gated_mlp).
 
     from kernels import TritonRMSNorm, TritonSwiGLU, TritonGEGLU, supports
     if supports(device) is None:
@@ -29,7 +30,7 @@ import torch
 
 __all__ = ["TritonAddRMSNorm", "TritonGEGLU", "TritonQKNormRope", "TritonRMSNorm", "TritonSwiGLU",
            "nearest_code", "supports", "triton_patch_layer_norm", "triton_peg_add_conv", "triton_peg_conv",
-           "triton_skinny_linear"]
+           "triton_gated_mlp", "triton_skinny_linear"]
 
 # Public name -> submodule that defines it (loaded lazily, see module docstring).
 _LAZY = {
@@ -43,10 +44,11 @@ _LAZY = {
     "triton_peg_add_conv": "kernels.peg_add_conv",
     "triton_patch_layer_norm": "kernels.patch_norm",
     "triton_skinny_linear": "kernels.skinny_linear",
+    "triton_gated_mlp": "kernels.gated_linear",
 }
 KERNEL_MODULES = ("kernels.rmsnorm", "kernels.add_rmsnorm", "kernels.swiglu", "kernels.qknorm_rope",
                    "kernels.vq_nearest", "kernels.peg_conv", "kernels.peg_add_conv", "kernels.patch_norm",
-                   "kernels.skinny_linear")
+                   "kernels.skinny_linear", "kernels.gated_linear")
 
 
 def _interpret_env() -> bool:

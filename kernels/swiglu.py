@@ -34,6 +34,30 @@ INTERPRETED = interpreting()
 ACTIVATIONS = ("swiglu", "geglu")
 
 
+@triton.jit
+def gate_forward(x1, x2, GEGLU: tl.constexpr):
+    # The activation of the module docstring on fp32 halves (shared with kernels/gated_linear.py).
+    if GEGLU:  # 0.7071... = 1/sqrt(2)
+        out = x1 * (x2 * 0.5 * (1.0 + tl.erf(x2 * 0.7071067811865476)))
+    else:
+        out = x1 / (1.0 + tl.exp(-x1)) * x2
+    return out
+
+
+@triton.jit
+def gate_backward(dout, x1, x2, GEGLU: tl.constexpr):
+    # (dx1, dx2) of the module docstring, recomputing the activation from the fp32 halves.
+    if GEGLU:  # 0.3989... = 1/sqrt(2 pi)
+        cdf = 0.5 * (1.0 + tl.erf(x2 * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * x2 * x2) * 0.3989422804014327
+        dx1 = dout * (x2 * cdf)
+        dx2 = dout * x1 * (cdf + x2 * pdf)
+    else:
+        s = 1.0 / (1.0 + tl.exp(-x1))
+        dx1 = dout * x2 * s * (1.0 + x1 * (1.0 - s))
+        dx2 = dout * (x1 * s)
+    return dx1, dx2
+
 
 @triton.jit
 def _gated_fwd_kernel(X, OUT, stride_x, stride_out, n_rows, n_cols,
@@ -45,10 +69,7 @@ def _gated_fwd_kernel(X, OUT, stride_x, stride_out, n_rows, n_cols,
     # Upcast on load: the interpreter multiplies bf16 by bf16 wrongly, and fp32 is the accuracy we promise.
     x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(first + n_cols, mask=mask, other=0.0).to(tl.float32)
-    if GEGLU:  # 0.7071... = 1/sqrt(2); 0.3989... = 1/sqrt(2 pi)
-        out = x1 * (x2 * 0.5 * (1.0 + tl.erf(x2 * 0.7071067811865476)))
-    else:
-        out = x1 / (1.0 + tl.exp(-x1)) * x2
+    out = gate_forward(x1, x2, GEGLU)
     tl.store(OUT + rows[:, None] * stride_out + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -62,15 +83,7 @@ def _gated_bwd_kernel(DOUT, X, DX, stride_dout, stride_x, stride_dx, n_rows, n_c
     x1 = tl.load(first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(first + n_cols, mask=mask, other=0.0).to(tl.float32)
     dout = tl.load(DOUT + rows[:, None] * stride_dout + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if GEGLU:
-        cdf = 0.5 * (1.0 + tl.erf(x2 * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * x2 * x2) * 0.3989422804014327
-        dx1 = dout * (x2 * cdf)
-        dx2 = dout * x1 * (cdf + x2 * pdf)
-    else:
-        s = 1.0 / (1.0 + tl.exp(-x1))
-        dx1 = dout * x2 * s * (1.0 + x1 * (1.0 - s))
-        dx2 = dout * (x1 * s)
+    dx1, dx2 = gate_backward(dout, x1, x2, GEGLU)
     grad_first = DX + rows[:, None] * stride_dx + cols[None, :]
     tl.store(grad_first, dx1.to(DX.dtype.element_ty), mask=mask)
     tl.store(grad_first + n_cols, dx2.to(DX.dtype.element_ty), mask=mask)

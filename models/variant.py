@@ -19,7 +19,7 @@ AXES: dict[str, tuple[Any, ...]] = {
     "position": ("cpb", "cpb_table", "rope", "none"),
     # `add_rmsnorm_triton`: the Triton RMSNorm with the residual add before it fused into its kernel.
     "norm": ("layernorm", "rmsnorm", "rmsnorm_triton", "add_rmsnorm_triton"),
-    "mlp": ("geglu", "swiglu", "swiglu_triton", "geglu_triton"),
+    "mlp": ("geglu", "swiglu", "swiglu_triton", "geglu_triton", "swiglu_gemm", "geglu_gemm"),
     "loss": ("softmax", "siglip"),
     "text": ("bert-base", "minilm"),
     "vq": (True, False),

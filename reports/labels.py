@@ -25,6 +25,8 @@ MLP = {
     "swiglu": "SwiGLU",
     "swiglu_triton": "SwiGLU (Triton)",
     "geglu_triton": "GEGLU (Triton)",
+    "swiglu_gemm": "SwiGLU (Triton GEMM epilogue)",
+    "geglu_gemm": "GEGLU (Triton GEMM epilogue)",
 }
 NORM = {"layernorm": "LN", "rmsnorm": "RMSNorm", "rmsnorm_triton": "RMSNorm (Triton)",
         "add_rmsnorm_triton": "add + RMSNorm (Triton)"}

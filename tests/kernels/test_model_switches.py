@@ -155,6 +155,22 @@ def test_triton_projections_match_the_eager_linears(precision):
     assert grads["to_visual_latent.weight"].abs().sum() > 0 and grads["to_text_latent.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("gate", ["swiglu", "geglu"])
+def test_gate_in_the_gemm_epilogues_matches_the_separate_gate_kernel(gate, precision):
+    # Every feed-forward through the fused matmuls, on the same proj_in/proj_out weights (the state dict
+    # loads unchanged); under bf16 autocast both round gu, h and dh where the unfused stores do, so each
+    # gradient meets FlashAttention's rule against the fp32 model.
+    from models.mlp import GemmFusedGate
+
+    reference_variant = models.Variant.modern().replace(attention="math", mlp=f"{gate}_triton", precision=precision)
+    grads = assert_switch_keeps_the_training_signal(reference_variant, mlp=f"{gate}_gemm")
+    model = models.build(reference_variant.replace(mlp=f"{gate}_gemm"), "tiny", device=DEVICE)
+    fused = [m for m in model.modules() if isinstance(m, GemmFusedGate)]
+    assert len(fused) >= 2 and all(m.activation == gate for m in fused)
+    assert all(grads[name].abs().sum() > 0 for name in grads if ".ff.proj_" in name)
+
+
 def test_checkpointed_fastest_candidate_trains_as_the_plain_one():
     # Checkpointed, the layers with every add fused finish their last add between them (a checkpointed
     # layer keeps its inputs: one stream costs less than a stream and a branch); unchecked, the next
