@@ -8,7 +8,8 @@ of every cell it measures), so everything else that needs the device runs here, 
               and the dense bf16 matmul rate (8192^3), each beside the datasheet peak where known
     supports  models.supports() of every planned cell on this device, so gpu_check records unsupported
               cells without spawning a process for each
-    kernels   kernels.bench_vq's nearest-code search (four providers), then kernels.bench's measuring
+    kernels   kernels.bench_vq's nearest-code search (four providers), kernels.bench_mlp's gated
+              feed-forward (the gate in the matmul epilogues, as its own kernel, eager), then kernels.bench's measuring
               loop at the model's shapes, one (case, provider) at a time until --kernels-deadline (a
               time.time() value), rewriting its files after each
 
@@ -36,6 +37,9 @@ DRY_MATMUL_N = 256
 # (tokens, codes, dim) of the VQ search: the paper's batch of 4 against its codebook; a small odd one.
 GPU_VQ_SHAPE = (4 * 13824, 8192, 512)
 DRY_VQ_SHAPE = (200, 300, 32)
+# (rows, dim, F) of the gated feed-forward: the paper's batch of 4; a small odd one.
+GPU_MLP_SHAPE = (4 * 13824, 512, 1365)
+DRY_MLP_SHAPE = (37, 32, 21)
 
 
 def perf_counter_timer(repeats: int) -> Callable:
@@ -102,7 +106,7 @@ def step_supports(device: torch.device, cells_path: Path | None) -> dict:
 
 def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: Path, deadline: float,
                  dry_run: bool) -> dict:
-    from kernels import bench_vq
+    from kernels import bench_mlp, bench_vq
     from kernels import supports as kernel_supports
     from kernels.bench import (FF_INNER, RMSNORM_WIDTH, TOKENS_PER_VOLUME, Case, environment, run, table,
                                write)
@@ -123,6 +127,9 @@ def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: P
     vq_rows = bench_vq.run(*(DRY_VQ_SHAPE if dry_run else GPU_VQ_SHAPE), bench_vq.PROVIDERS, timer, device,
                            log=lambda line: print(f"gpu_probe: {line}", flush=True))
     bench_vq.write(vq_rows, env, out / "kernels")
+    mlp_rows = bench_mlp.run(*(DRY_MLP_SHAPE if dry_run else GPU_MLP_SHAPE), bench_mlp.PROVIDERS, timer, device,
+                             log=lambda line: print(f"gpu_probe: {line}", flush=True))
+    bench_mlp.write(mlp_rows, env, out / "kernels")
     results, skipped = [], []
     for case in cases:
         for provider in providers:
@@ -133,7 +140,8 @@ def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: P
                            log=lambda line: print(f"gpu_probe: {line}", flush=True))
             write(results, env, out / "kernels")
             (out / "kernels" / "table.md").write_text(table(results) + "\n")
-    return {"status": "ok", "rows": len(results), "vq_rows": len(vq_rows), "skipped": skipped,
+    return {"status": "ok", "rows": len(results), "vq_rows": len(vq_rows), "mlp_rows": len(mlp_rows),
+            "skipped": skipped,
             "note": f"{len(skipped)} (case, provider) pairs skipped: the kernels budget ran out" if skipped else ""}
 
 

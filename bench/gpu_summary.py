@@ -313,6 +313,9 @@ def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, 
     vq_search = out / "probe" / "kernels" / "vq_search.md"
     lines += ["## VQ nearest-code search (kernels.bench_vq; random unit tokens and codes, agreement with the "
               "fp64 argmax)", "", vq_search.read_text().strip() if vq_search.exists() else "(not run)", ""]
+    gated_mlp = out / "probe" / "kernels" / "gated_mlp.md"
+    lines += ["## Gated feed-forward (kernels.bench_mlp; bf16 autocast, errors relative to fp32)", "",
+              gated_mlp.read_text().strip() if gated_mlp.exists() else "(not run)", ""]
     lines += ["## Parts", "", "| part | budget s | elapsed s | status | notes |", "|---|---|---|---|---|"]
     for p in parts:
         lines.append(f"| {p.name} | {p.budget_s:.0f} | {p.elapsed_s:.0f} | {p.status} | {'; '.join(p.notes)} |")

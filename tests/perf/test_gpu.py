@@ -365,3 +365,31 @@ def test_image_projection_fwd_bwd_paper_shape(benchmark, provider):
     benchmark.extra_info.update(kernel="skinny_linear", provider=provider,
                                 shape=[size.batch, size.dim_image, size.dim_latent],
                                 dtype="fp32 features and weight, bf16 autocast")
+
+
+@pytest.mark.parametrize("provider", ["gemm", "separate"])
+def test_gated_mlp_fwd_bwd_model_shape(benchmark, provider):
+    """One paper-size feed-forward after its norm (55,296 x 512, F = 1365, fp32 weights, bf16 autocast),
+    forward and backward: the gate in the matmuls' epilogues (mlp=swiglu_gemm) against cuBLAS matmuls
+    with the gate as its own kernel (mlp=swiglu_triton). Both round where the unfused stores do, so their
+    errors against fp32 agree to within a bf16 ulp of the output's scale."""
+    from kernels import bench_mlp
+    from kernels import supports as kernel_supports
+
+    device = torch.device("cuda")
+    if reason := kernel_supports(device):
+        pytest.skip(reason)
+    size = SIZES["paper"]
+    t = bench_mlp.inputs(KERNEL_ROWS, size.dim, size.ff_inner, device)
+    fn = bench_mlp.layer_fn(provider)
+    errors = {name: bench_mlp.relative_errors(bench_mlp.layer_fn(name), t) for name in ("gemm", "separate")}
+    assert all(abs(errors["gemm"][k] - errors["separate"][k]) <= 2 ** -8 for k in errors["gemm"]), errors
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = fn(t["x"], t["w_in"], t["w_out"])
+        out.backward(t["dout"])
+
+    measure_cuda(benchmark, step, setup=lambda: clear_grads(t["x"], t["w_in"], t["w_out"]))
+    benchmark.extra_info.update(kernel="gated_mlp", provider=provider, rows=KERNEL_ROWS, dim=size.dim,
+                                inner=size.ff_inner, dtype="fp32 weights, bf16 autocast")
