@@ -98,7 +98,7 @@ def target_ladder() -> list[Variant]:
                                        vq_impl="chunked")]
     for step in ({"optimizer": "adamw_fused"}, {"qk_norm": "triton"}, {"vq_impl": "triton"},
                  {"norm": "add_rmsnorm_triton"}, {"projection": "triton"}, {"peg_impl": "triton"},
-                 {"patch_embed": "triton"}, {"residual": "autocast"}):
+                 {"patch_embed": "triton"}, {"residual": "autocast"}, {"mlp": "swiglu_gemm"}):
         ladder.append(ladder[-1].replace(**step))
     return ladder
 

@@ -66,24 +66,26 @@ class Plan:
 
 def target_variants(dry_run: bool) -> list[Variant]:
     """Paper-size candidates for the issue's targets, each keeping a position signal (RoPE or the cached
-    bias table): the fastest (Triton kernels for the norms with the residual adds before them, the gated
-    MLP, the q/k norm + RoPE, the PEG's convolution, the patch norm, the latent projections and the VQ's
-    nearest-code search in tf32, fused AdamW, the VQ's EMA without its 55,296 x 8,192 one-hot, and the
-    residual stream in bf16; bench.roofline puts its eager bound at 0.26x the faithful one on an H100),
-    the leanest (plus checkpointing; bench.estimate predicts 0.20x the faithful peak), the fastest with
-    upstream's fp32 stream (what the bf16 stream buys, measured), one without Triton that keeps CT-CLIP's
-    learned bias through the memory-efficient kernel, and last (run if the budget allows) the four
+    bias table): the fastest (Triton kernels for the norms with the residual adds before them, the
+    SwiGLU gate in the feed-forward's matmul epilogues, the q/k norm + RoPE, the PEG's convolution, the
+    patch norm, the latent projections and the VQ's nearest-code search in tf32, fused AdamW, the VQ's EMA
+    without its 55,296 x 8,192 one-hot, and the residual stream in bf16; bench.roofline puts its eager
+    bound at 0.24x the faithful one on an H100), the leanest (plus checkpointing; bench.estimate predicts
+    0.20x the faithful peak), the fastest with the gate as a kernel of its own between cuBLAS matmuls
+    (what the epilogue buys, measured), then also with upstream's fp32 stream (what the bf16 stream
+    buys), one without Triton that keeps CT-CLIP's learned bias through the memory-efficient kernel, and
+    last (run if the budget allows) the four
     ladder steps before that (bench.design.target_ladder), which isolate the patch-norm kernel, the PEG
     kernel (whose effect on a GPU the roofline cannot see: PyTorch's 5-D depthwise convolution is its own
     kernel, not cuDNN's), the projection kernel and then the fused add."""
-    *_, without_fused_add, without_projection_kernel, without_peg_kernel, without_patch_kernel, fp32_stream, fast = (
-        target_ladder())
+    *_, without_fused_add, without_projection_kernel, without_peg_kernel, without_patch_kernel, fp32_stream, \
+        separate_gate, fast = target_ladder()
     if dry_run:  # the interpreter would spend seconds per Triton call: same structure, eager norm/MLP
         return [Variant.modern().replace(position="rope", vq_impl="chunked", optimizer="adamw_fused",
                                          precision="bf16")]
     return [v.replace(precision="bf16") for v in (
-        fast, leanest_candidate(), fp32_stream, learned_bias_candidate(), without_patch_kernel, without_peg_kernel,
-        without_projection_kernel, without_fused_add,
+        fast, leanest_candidate(), separate_gate, fp32_stream, learned_bias_candidate(), without_patch_kernel,
+        without_peg_kernel, without_projection_kernel, without_fused_add,
     )]
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from bench.gpu_check import Budget
 from bench.gpu_plan import make_plan
-from kernels import bench_vq
+from kernels import bench_mlp, bench_vq
 from models import Variant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,6 +152,12 @@ def test_dry_run_goes_through_every_part(dry_run):
     vq_search = json.loads((out / "probe" / "kernels" / "vq_search.json").read_text())["rows"]
     assert [(r["provider"], r["status"]) for r in vq_search] == [(p, "ok") for p in bench_vq.PROVIDERS]
     assert "| triton_tf32 | 200 x 300 x 32 |" in (out / "summary.md").read_text()
+    gated_mlp = json.loads((out / "probe" / "kernels" / "gated_mlp.json").read_text())["rows"]
+    assert [(r["provider"], r["mode"], r["status"]) for r in gated_mlp] == [
+        (p, m, "ok") for p in bench_mlp.PROVIDERS for m in bench_mlp.MODES]
+    # bf16 autocast against fp32: a few bf16 ulps of the output's scale, for every provider alike.
+    assert all(r["out_rel_err"] < 3e-2 and r["dx_rel_err"] < 3e-2 for r in gated_mlp)
+    assert "| gemm | full | 37 x 32, 21 |" in (out / "summary.md").read_text()
     # The probe records whether this build's CUDA autocast policy is the one the estimator applies.
     env = json.loads((out / "probe" / "env.json").read_text())
     assert env["autocast_policy_drift"] == {"not_registered": [], "not_in_tables": []}
@@ -234,12 +240,13 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     plan = make_plan(dry_run=False)
     parts = {p.name: p for p in plan.cell_parts}
     faithful, modern = Variant.faithful().replace(precision="bf16"), Variant.modern().replace(precision="bf16")
-    fast, lean, fp32_stream, cpb, eager_patch, upstream_peg, eager_projection, unfused_norm = (
+    fast, lean, separate_gate, fp32_stream, cpb, eager_patch, upstream_peg, eager_projection, unfused_norm = (
         c.variant for c in parts["targets"].cells)
     compiled = parts["targets-compiled"].cells[0].variant
     rows = {"paper-bf16": [_gpu_row(faithful, 1.0, 40.0, 0.20, baseline=True), _gpu_row(modern, 0.9, 30.0, 0.22)],
             "targets": [_gpu_row(fast, 0.6, 16.0, 0.33), _gpu_row(lean, 0.95, 10.0, 0.21, hfu=0.26),
-                        _gpu_row(cpb, 0.8, 18.0, 0.25), _gpu_row(fp32_stream, 0.6, 17.5, 0.33),
+                        _gpu_row(cpb, 0.8, 18.0, 0.25), _gpu_row(separate_gate, 0.62, 16.0, 0.32),
+                        _gpu_row(fp32_stream, 0.6, 17.5, 0.33),
                         _gpu_row(eager_patch, 0.61, 16.9, 0.32),
                         _gpu_row(upstream_peg, 0.62, 16.1, 0.31), _gpu_row(eager_projection, 0.63, 16.1, 0.31),
                         _gpu_row(unfused_norm, 0.65, 16.0, 0.30)],
@@ -273,7 +280,7 @@ def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
     assert data["targets"]["leanest"]["reached"]
     # The checkpointed candidate's MFU leaves out its recomputation, its HFU keeps it.
     assert f"| {lean.key} | ok | 950.0 | 10.000 | 0.950x | 0.250x | 208 | 21.0 % | 26.0 % |" in text
-    assert len(data["targets"]["rows"]) == 9 and "targets-compiled" not in data
+    assert len(data["targets"]["rows"]) == 10 and "targets-compiled" not in data
     assert "0.450x step time, MFU 44.0 %" in text and f"of a {sum(plan.budgets().values()):.0f} s budget" in text
 
 
