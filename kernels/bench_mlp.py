@@ -17,8 +17,6 @@ without a CUDA GPU it prints that it cannot time GPU kernels and exits 0.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,7 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.bench import FF_INNER, NO_GPU, RMSNORM_WIDTH, TOKENS_PER_VOLUME, Timer, do_bench_timer, time_summary
+from kernels.bench import FF_INNER, RMSNORM_WIDTH, Timer, time_summary
+from kernels.bench_cli import gpu_bench_main, write_rows
 
 PROVIDERS = ("gemm", "separate", "eager")
 MODES = ("fwd", "full")
@@ -143,31 +142,15 @@ def table(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], env: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "gated_mlp.json"
-    path.write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str) + "\n")
-    (out / "gated_mlp.md").write_text(table(rows) + "\n")
-    return path
+    return write_rows(rows, env, out, "gated_mlp", table)
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench_mlp", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/kernels"), help="output folder")
-    parser.add_argument("--batch", type=int, default=4, help=f"volumes; rows = {TOKENS_PER_VOLUME} x batch")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print(NO_GPU)
-        return 0
-    from kernels import supports
-    from kernels.bench import environment
-
-    device = torch.device("cuda")
-    providers = tuple(p for p in args.providers if not (p != "eager" and supports(device)))
-    rows = run(TOKENS_PER_VOLUME * args.batch, RMSNORM_WIDTH, FF_INNER, providers, do_bench_timer(25, 100), device)
-    print(table(rows))
-    print(f"wrote {write(rows, environment(device, None), args.out)}")
-    return 0
+    return gpu_bench_main(argv, "python -m kernels.bench_mlp", __doc__, PROVIDERS,
+                          lambda provider: provider != "eager",
+                          lambda rows, providers, timer, device: run(rows, RMSNORM_WIDTH, FF_INNER, providers,
+                                                                     timer, device),
+                          write, table)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ bandwidth. On a machine without a CUDA GPU it prints that it cannot time GPU ker
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +27,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from kernels.bench import NO_GPU, TOKENS_PER_VOLUME, Timer, do_bench_timer, time_summary
+from kernels.bench import Timer, time_summary
+from kernels.bench_cli import gpu_bench_main, write_rows
 
 PROVIDERS = ("triton_tf32", "triton_ieee", "torch_fp32", "torch_tf32")
 CODEBOOK_SIZE = 8192
@@ -136,32 +135,15 @@ def table(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], env: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "vq_search.json"
-    path.write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str) + "\n")
-    (out / "vq_search.md").write_text(table(rows) + "\n")
-    return path
+    return write_rows(rows, env, out, "vq_search", table)
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench_vq", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/kernels"), help="output folder")
-    parser.add_argument("--batch", type=int, default=4, help=f"volumes; tokens = {TOKENS_PER_VOLUME} x batch")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print(NO_GPU)
-        return 0
-    from kernels import supports
-    from kernels.bench import environment
-
-    device = torch.device("cuda")
-    providers = tuple(p for p in args.providers if not (p.startswith("triton_") and supports(device)))
-    rows = run(TOKENS_PER_VOLUME * args.batch, CODEBOOK_SIZE, CODE_DIM, providers, do_bench_timer(25, 100),
-               device)
-    print(table(rows))
-    print(f"wrote {write(rows, environment(device, None), args.out)}")
-    return 0
+    return gpu_bench_main(argv, "python -m kernels.bench_vq", __doc__, PROVIDERS,
+                          lambda provider: provider.startswith("triton_"),
+                          lambda rows, providers, timer, device: run(rows, CODEBOOK_SIZE, CODE_DIM, providers,
+                                                                     timer, device),
+                          write, table)
 
 
 if __name__ == "__main__":

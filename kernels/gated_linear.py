@@ -47,14 +47,28 @@ MIN_BLOCK = 16  # tl.dot's smallest block dimension
 
 
 @triton.jit
-def _dot_operand(PTR, i, j, stride_i, stride_j, i_ok, j_ok, HALF_DOT: tl.constexpr):
+def _dot_operand(PTR, i, j, stride_i, i_ok, j_ok, HALF_DOT: tl.constexpr):
     # The tile PTR[i, j] (masked lanes 0), already in the operand dtype. The interpreter's tl.dot
     # mis-multiplies bf16 operands, so there they go in as fp32 (each product is exact in fp32 anyway).
-    offsets = i[:, None].to(tl.int64) * stride_i + j[None, :].to(tl.int64) * stride_j
-    tile = tl.load(PTR + offsets, mask=i_ok[:, None] & j_ok[None, :], other=0.0)
+    tile = tl.load(_at(PTR, i, j, stride_i), mask=i_ok[:, None] & j_ok[None, :], other=0.0)
     if not HALF_DOT:
         tile = tile.to(tl.float32)
     return tile
+
+
+@triton.jit
+def _output_tile(n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Program (n, m): columns n of F for rows m. Column tiles vary fastest, so the programs running
+    # together share their rows of the left operand (read from L2, not DRAM), and the weight stays in L2.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return rows, cols, rows < n_rows, cols < n_cols
+
+
+@triton.jit
+def _at(PTR, rows, cols, stride):
+    # Pointers to PTR[rows, cols] of a row-major matrix with unit column stride.
+    return PTR + rows[:, None].to(tl.int64) * stride + cols[None, :]
 
 
 @triton.jit
@@ -62,32 +76,27 @@ def _gated_up_kernel(X, W, GU, H, n_rows, n_cols, n_in, stride_x, stride_w, stri
                      K_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GEGLU: tl.constexpr, ROUNDING: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, HALF_DOT: tl.constexpr):
-    # Program (n, m): columns n of both halves for rows m. Column tiles vary fastest, so the programs
-    # running together share their rows of X (read from L2, not DRAM) and all of W stays in L2.
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
-    col_ok = cols < n_cols
+    rows, cols, row_ok, col_ok = _output_tile(n_rows, n_cols, BLOCK_M, BLOCK_N)  # both halves' columns
     acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for tile in range(0, K_TILES):
         k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
         k_ok = k < n_in
-        x = _dot_operand(X, rows, k, stride_x, 1, row_ok, k_ok, HALF_DOT)
+        x = _dot_operand(X, rows, k, stride_x, row_ok, k_ok, HALF_DOT)
         # W is [2F, K] as nn.Linear lays it out; row c is output column c, transposed in registers.
-        w1 = _dot_operand(W, cols, k, stride_w, 1, col_ok, k_ok, HALF_DOT)
-        w2 = _dot_operand(W, cols + n_cols, k, stride_w, 1, col_ok, k_ok, HALF_DOT)
+        w1 = _dot_operand(W, cols, k, stride_w, col_ok, k_ok, HALF_DOT)
+        w2 = _dot_operand(W, cols + n_cols, k, stride_w, col_ok, k_ok, HALF_DOT)
         acc1 = tl.dot(x, tl.trans(w1), acc1, input_precision=INPUT_PRECISION)
         acc2 = tl.dot(x, tl.trans(w2), acc2, input_precision=INPUT_PRECISION)
     # gu as the unfused matmul would store it, and the gate computed from exactly those values.
     x1 = rounded(acc1, ROUNDING)
     x2 = rounded(acc2, ROUNDING)
     mask = row_ok[:, None] & col_ok[None, :]
-    gu = GU + rows[:, None].to(tl.int64) * stride_gu + cols[None, :]
+    gu = _at(GU, rows, cols, stride_gu)
     tl.store(gu, x1.to(GU.dtype.element_ty), mask=mask)
     tl.store(gu + n_cols, x2.to(GU.dtype.element_ty), mask=mask)
     h = gate_forward(x1, x2, GEGLU)
-    tl.store(H + rows[:, None].to(tl.int64) * stride_h + cols[None, :], h.to(H.dtype.element_ty), mask=mask)
+    tl.store(_at(H, rows, cols, stride_h), h.to(H.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -96,24 +105,21 @@ def _gated_down_grad_kernel(DOUT, W, GU, DGU, n_rows, n_cols, n_out, stride_dout
                             BLOCK_K: tl.constexpr, GEGLU: tl.constexpr, ROUNDING: tl.constexpr,
                             INPUT_PRECISION: tl.constexpr, HALF_DOT: tl.constexpr):
     # dh[rows, cols] = dout[rows, :] @ W_out[:, cols] (W_out is [dim, F], F contiguous), then dgu.
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
-    col_ok = cols < n_cols
+    rows, cols, row_ok, col_ok = _output_tile(n_rows, n_cols, BLOCK_M, BLOCK_N)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for tile in range(0, K_TILES):
         d = tile * BLOCK_K + tl.arange(0, BLOCK_K)
         d_ok = d < n_out
-        dout = _dot_operand(DOUT, rows, d, stride_dout, 1, row_ok, d_ok, HALF_DOT)
-        w = _dot_operand(W, d, cols, stride_w, 1, d_ok, col_ok, HALF_DOT)
+        dout = _dot_operand(DOUT, rows, d, stride_dout, row_ok, d_ok, HALF_DOT)
+        w = _dot_operand(W, d, cols, stride_w, d_ok, col_ok, HALF_DOT)
         acc = tl.dot(dout, w, acc, input_precision=INPUT_PRECISION)
     dh = rounded(acc, ROUNDING)  # as the unfused matmul would store dh
     mask = row_ok[:, None] & col_ok[None, :]
-    gu = GU + rows[:, None].to(tl.int64) * stride_gu + cols[None, :]
+    gu = _at(GU, rows, cols, stride_gu)
     x1 = tl.load(gu, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(gu + n_cols, mask=mask, other=0.0).to(tl.float32)
     dx1, dx2 = gate_backward(dh, x1, x2, GEGLU)
-    dgu = DGU + rows[:, None].to(tl.int64) * stride_dgu + cols[None, :]
+    dgu = _at(DGU, rows, cols, stride_dgu)
     tl.store(dgu, dx1.to(DGU.dtype.element_ty), mask=mask)
     tl.store(dgu + n_cols, dx2.to(DGU.dtype.element_ty), mask=mask)
 
