@@ -132,3 +132,36 @@ def test_bad_inputs_are_named():
         gated_up_forward(x, torch.randn(5, 8, device=DEVICE), "swiglu", torch.float32)
     with pytest.raises(TypeError, match="share a dtype"):
         gated_up_forward(x, torch.randn(6, 8, device=DEVICE).bfloat16(), "swiglu", torch.float32)
+
+
+def test_opcheck_and_empty_rows():
+    from kernels.gated_linear import gated_down_grad, gated_up_forward
+
+    ops = torch.ops.ctclip_kernels
+    checks = ("test_schema", "test_faketensor")
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w_in, w_out, dout = make_inputs(19, 16, 9, dtype)
+        gu, _ = gated_up_forward(x, w_in, "geglu", dtype)
+        torch.library.opcheck(ops.gated_up_forward.default, (x, w_in, "geglu", dtype), test_utils=checks)
+        torch.library.opcheck(ops.gated_down_grad.default, (dout, w_out, gu, "geglu", dtype), test_utils=checks)
+    gu, h = gated_up_forward(x[:0], w_in, "swiglu", dtype)
+    assert gu.shape == (0, 18) and h.shape == (0, 9)
+    assert gated_down_grad(dout[:0], w_out, gu, "swiglu", dtype).shape == (0, 18)
+
+
+class _FeedForward(torch.nn.Module):
+    def __init__(self, dim: int, inner: int) -> None:
+        super().__init__()
+        self.proj_in = torch.nn.Linear(dim, 2 * inner, bias=False)
+        self.proj_out = torch.nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused("swiglu")(torch.tanh(x), self.proj_in.weight, self.proj_out.weight) + x
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_compiled_layer_keeps_the_kernels_in_one_graph(autocast):
+    from tests.kernels.accuracy import assert_compiled_grads_match_eager
+
+    torch.manual_seed(0)
+    assert_compiled_grads_match_eager(_FeedForward(24, 13).to(DEVICE), torch.randn(3, 7, 24, device=DEVICE), autocast)
