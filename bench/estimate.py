@@ -146,10 +146,12 @@ def resident_tensors(step: TrainStep) -> list[torch.Tensor]:
 
 
 def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DEFAULT_GPU,
-                     dispatch: str = "cuda", breakdown: int = 0) -> dict[str, Any]:
+                     dispatch: str = "cuda", breakdown: int = 0, also_gpus: "tuple[GpuSpec, ...]" = ()
+                     ) -> dict[str, Any]:
     """Memory (bytes), FLOPs and the roofline step time on `gpu` of one training step of `variant`,
     computed on fake tensors with `dispatch`'s kernel and autocast choices (DISPATCH_CHOICES); with
-    `breakdown`, the roofline's `breakdown` costliest call sites (op, operand shapes and dtypes) too."""
+    `breakdown`, the roofline's `breakdown` costliest call sites (op, operand shapes and dtypes) too;
+    with `also_gpus`, the roofline step on each of those as well (`step_s_on`)."""
     mode, step = fake_training_step(variant, size, batch, dispatch)
     model = step.model
     with mode, dispatch_context(dispatch):
@@ -168,7 +170,7 @@ def estimate_variant(variant: Variant, size: Size, batch: int, gpu: GpuSpec = DE
         # FLOPs and the roofline in a second pass: FlopCounterMode's module hooks keep tensors alive through
         # a checkpointed backward (1.4 GiB more at the paper-size peak), so it must not see the tracked step.
         precision = matmul_precision(variant.precision, "cuda")  # the matmul precision MFU's peak is for
-        roofline = RooflineMode(gpu, tf32=precision == "tf32", signatures=breakdown > 0)
+        roofline = RooflineMode(gpu, tf32=precision == "tf32", signatures=breakdown > 0, also=also_gpus)
         forward, backward, recomputed, roofline = flops_and_roofline(step, roofline)
         memory = {
             "param_bytes": param_bytes(model), "grad_bytes": grads,
@@ -212,7 +214,7 @@ def _create_optimizer_state(step: TrainStep) -> None:
 
 
 def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "cuda",
-                  breakdown: int = 0) -> Result:
+                  breakdown: int = 0, also_gpus: "tuple[GpuSpec, ...]" = ()) -> Result:
     started = time.perf_counter()
     variant = spec.variant_obj
     result = base_result(spec, "error", kind="estimate")
@@ -231,7 +233,7 @@ def estimate_cell(spec: CellSpec, gpu: GpuSpec = DEFAULT_GPU, dispatch: str = "c
         result.status, result.reason = "unsupported", reason
     else:
         try:
-            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, dispatch, breakdown)
+            out = estimate_variant(variant, get_size(spec.size), spec.batch, gpu, dispatch, breakdown, also_gpus)
             for key, value in out["memory"].items():
                 setattr(result.memory, key, value)
             result.flops = out["flops"]

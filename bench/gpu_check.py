@@ -175,12 +175,16 @@ def run_cell_part(part: CellPart, plan: Plan, out: Path, budget: Budget, log_par
 
 def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git: dict, gpu_name: str) -> None:
     """bench.estimate for every planned cell (FakeTensorMode on the CPU, in this process), with the
-    roofline against this GPU's datasheet (an H100 SXM's in a dry run)."""
+    roofline against this GPU's datasheet (an H100 SXM's in a dry run) and, on another GPU, the
+    targets' (bench.gpu_summary.TARGET_GPU) too, so the summary can carry the run over to it."""
     from bench.cell import CellSpec
     from bench.estimate import DEFAULT_GPU, estimate_cell
     from bench.gpu_specs import find_gpu
+    from bench.gpu_summary import TARGET_GPU
 
     gpu = find_gpu(gpu_name) or DEFAULT_GPU
+    target = find_gpu(TARGET_GPU)
+    also = (target,) if target.entry != gpu.entry else ()
 
     cpu = torch.device("cpu")
     host = host_device_info(cpu)
@@ -204,7 +208,7 @@ def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git:
                             design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host,
                             git=git)
             # The kernels the measured cells run: a GPU's, or on a dry run the CPU build's.
-            result = estimate_cell(spec, gpu, "cpu" if plan.dry_run else "cuda")
+            result = estimate_cell(spec, gpu, "cpu" if plan.dry_run else "cuda", also_gpus=also)
             result.env = env
             store.append(out / "results" / f"estimate-{part.size}.jsonl", result)
             done += 1

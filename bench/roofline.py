@@ -132,6 +132,9 @@ class RooflineEstimate:
     # The same split by operand shapes and dtypes ("aten.mm[bf16] bf16[55296, 512] bf16[512, 2730]"),
     # when the mode was asked for it (RooflineMode(signatures=True)): which call sites the time is in.
     top_signatures: list[dict[str, Any]] = field(default_factory=list)
+    # The same bound against other GPUs' datasheets, by GpuSpec.entry (RooflineMode(also=...)): what the
+    # step would take on a GPU other than the one measured, at the same fraction of its ceilings.
+    step_s_on: dict[str, float] = field(default_factory=dict)
 
     def mfu_bound(self, precision: str, model_flops: float | None = None) -> float | None:
         """The highest MFU this step could show: its model FLOPs (default: every FLOP it executes; pass
@@ -156,13 +159,23 @@ def signature(name: str, inputs: list[torch.Tensor]) -> str:
     return f"{name} {operands}".rstrip()
 
 
+def op_seconds(spec: GpuSpec, flops: float, moved: float, precision: str) -> tuple[float, float]:
+    """(compute, memory) seconds of one op at `spec`'s ceilings: FLOPs at `precision`'s peak (tf32's
+    where the datasheet has no entry), bytes at the DRAM bandwidth."""
+    compute_s = flops / ((spec.tflops.get(precision) or spec.tflops["tf32"]) * 1e12) if flops else 0.0
+    return compute_s, moved / (spec.dram_gb_per_s * 1e9)
+
+
 class RooflineMode(TorchDispatchMode):
     """Costs every dispatched op against `spec`'s ceilings. fp32 matmuls use the tf32 peak if `tf32`;
-    with `signatures`, the costs are also kept per operand shapes and dtypes."""
+    with `signatures`, the costs are also kept per operand shapes and dtypes; each GPU in `also` gets
+    the whole step's bound too (RooflineEstimate.step_s_on)."""
 
-    def __init__(self, spec: GpuSpec, tf32: bool = False, signatures: bool = False) -> None:
+    def __init__(self, spec: GpuSpec, tf32: bool = False, signatures: bool = False,
+                 also: "tuple[GpuSpec, ...]" = ()) -> None:
         super().__init__()
-        self.spec, self.tf32 = spec, tf32
+        self.spec, self.tf32, self.also = spec, tf32, also
+        self.step_s_on = {other.entry: 0.0 for other in also}
         self.costs: dict[str, OpCost] = defaultdict(lambda: OpCost(""))
         self.signature_costs: "dict[str, OpCost] | None" = (defaultdict(lambda: OpCost("")) if signatures
                                                              else None)
@@ -183,13 +196,14 @@ class RooflineMode(TorchDispatchMode):
         inputs = _tensors((args, kwargs))
         moved = sum(accessed_bytes(t) for t in inputs) + sum(accessed_bytes(t) for t in written)
         flops = float(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0.0
-        name, compute_s = str(packet), 0.0
+        name, precision = str(packet), ""
         if flops:
             # Named by precision: an fp32 matmul left among bf16 ones is worth seeing on its own.
             precision = self._precision(inputs, stated_precision(func, args, kwargs))
             name = f"{packet}[{precision}]"
-            compute_s = flops / ((self.spec.tflops.get(precision) or self.spec.tflops["tf32"]) * 1e12)
-        memory_s = moved / (self.spec.dram_gb_per_s * 1e9)
+        compute_s, memory_s = op_seconds(self.spec, flops, moved, precision)
+        for other in self.also:
+            self.step_s_on[other.entry] += max(op_seconds(other, flops, moved, precision))
         tables = [(self.costs, name)]
         if self.signature_costs is not None:
             tables.append((self.signature_costs, signature(name, inputs)))
@@ -218,4 +232,4 @@ class RooflineMode(TorchDispatchMode):
             step_s=step_s, compute_bound_s=compute_s, memory_bound_s=step_s - compute_s,
             flops=sum(c.flops for c in costs), bytes=sum(c.bytes for c in costs),
             ops=sum(c.calls for c in costs), top_ops=ranked(self.costs, top),
-            top_signatures=ranked(self.signature_costs, top_signatures))
+            top_signatures=ranked(self.signature_costs, top_signatures), step_s_on=dict(self.step_s_on))

@@ -293,3 +293,25 @@ def test_the_gate_in_the_gemm_epilogues_saves_the_gate_passes_and_nothing_else()
     saved = sum(c.bytes for c in separate.values()) - sum(c.bytes for c in fused.values())
     assert saved == pytest.approx(4 / 3 * separate["ctclip_kernels.gated_forward"].bytes, rel=1e-9)
     assert peaks["swiglu_gemm"] == peaks["swiglu_triton"]
+
+
+def test_the_bound_on_other_gpus_equals_their_own_roofline():
+    # One pass costing the step on an H100 and, alongside, an H200 and an A100 gives for those exactly what
+    # a pass against each of them alone gives (estimate_variant's also_gpus; bench.gpu_check uses it to
+    # carry a run on another GPU over to the one the targets name).
+    from bench.estimate import dispatch_context, fake_training_step, flops_and_roofline
+
+    h100, others = find_gpu("H100 SXM"), (find_gpu("H200"), find_gpu("A100"))
+    variant = Variant.modern().replace(precision="bf16")
+    alone = {}
+    for spec in (h100, *others):
+        mode, step = fake_training_step(variant, get_size("tiny"), 2, "cuda")
+        with mode, dispatch_context("cuda"):
+            roofline = flops_and_roofline(step, RooflineMode(spec, also=others if spec is h100 else ()))[3]
+        alone[spec.entry] = roofline.estimate()
+    both = alone[h100.entry].step_s_on
+    assert set(both) == {o.entry for o in others}
+    for other in others:
+        assert both[other.entry] == pytest.approx(alone[other.entry].step_s, rel=1e-12)
+    # The same peaks and more bandwidth on the H200; less of both on the A100.
+    assert both["H200 SXM"] < alone[h100.entry].step_s < both["A100 40GB"]

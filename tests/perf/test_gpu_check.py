@@ -304,3 +304,41 @@ def test_paper_section_gives_the_step_ratio_its_interval():
     assert f"step time {head['time_ratio']:.3f}x [{lo:.2f}, {hi:.2f}]" in text
     assert f"| {modern.key} | ok | {np.median(modern_steps) * 1e3:.1f} | 30.000 | {head['time_ratio']:.3f}x [" in text
     assert f"| {faithful.key} | ok | {np.median(base_steps) * 1e3:.1f} | 40.000 | 1.000x |" in text
+
+
+def test_a_run_on_another_gpu_carries_the_fastest_over_to_the_target_gpu():
+    """Measured on an H200, the fastest candidate gets a second verdict for the H100 SXM the targets name:
+    each cell's measured step times its H100 bound over its H200 bound, MFU against the H100's peak."""
+    from bench.design import fastest_candidate
+    from bench.gpu_summary import on_target_gpu, targets_section
+
+    def on_h200(r):
+        r.device = {"type": "cuda", "name": "NVIDIA H200"}
+        r.peak = {"entry": "H200 SXM", "precision": "bf16", "tflops": 989.4}
+        return r
+
+    def estimate(r, bound_here, bound_h100):
+        return dataclasses.replace(r, kind="estimate", roofline={"step_s": bound_here,
+                                                                 "step_s_on": {"H100 SXM": bound_h100}})
+
+    faithful, fast = Variant.faithful().replace(precision="bf16"), fastest_candidate().replace(precision="bf16")
+    base = on_h200(_gpu_row(faithful, 0.080, 30.0, 0.12, baseline=True))
+    quick = on_h200(_gpu_row(fast, 0.030, 14.0, 0.33))
+    estimates = {("paper", 4, base.variant_key): estimate(base, 0.070, 0.095),
+                 ("paper", 4, quick.variant_key): estimate(quick, 0.020, 0.025)}
+    carried = on_target_gpu(quick, base, estimates)
+    # 30 ms x 25 / 20 = 37.5 ms against 80 ms x 95 / 70; the same FLOPs over a longer step, equal peaks.
+    assert carried["gpu"] == "H100 SXM" and carried["measured_on"] == "H200 SXM"
+    assert carried["step_s"] == pytest.approx(0.0375)
+    assert carried["time_ratio"] == pytest.approx(0.0375 / (0.080 * 95 / 70))
+    assert carried["mfu"] == pytest.approx(0.33 * 0.030 / 0.0375)
+    lines, data = targets_section([quick], [base], estimates)
+    text = "\n".join(lines)
+    assert "(target <= 0.5x with MFU >= 40% on an H100 SXM): not reached." in text
+    assert "Measured on an H200 SXM, not the H100 SXM the target names" in text
+    assert "37.5 ms, 0.345x the faithful step, MFU 26.4 %: not reached there" in text
+    assert data["fastest"]["reached"] is False and data["fastest_on_target_gpu"]["reached"] is False
+    # Nothing to carry over on the target GPU itself, or without both cells' bounds.
+    assert on_target_gpu(_gpu_row(fast, 0.030, 14.0, 0.33), base, estimates) is None
+    only_fast = {key: e for key, e in estimates.items() if key[2] == quick.variant_key}
+    assert on_target_gpu(quick, base, only_fast) is None
