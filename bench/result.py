@@ -51,8 +51,9 @@ Fields of `Result` (schema version 1):
 - `roofline` None, or (estimates only, `bench.roofline`) the step's lower bound on a named GPU: `gpu`,
   `dram_gb_per_s`, `peak_tflops`, `step_s` (every op at max(FLOPs/peak, bytes/bandwidth)), its
   `compute_bound_s` and `memory_bound_s` parts, `flops`, `bytes`, `ops`, `mfu_bound` (the highest MFU
-  the step could show) and `top_ops` (per operator: name, calls, flops, bytes, seconds, compute_bound_s,
-  share of the step).
+  the step could show), `top_ops` (per operator: name, calls, flops, bytes, seconds, compute_bound_s,
+  share of the step), `top_signatures` (the same per call site, when asked for) and `step_s_on` (the
+  same bound on other GPUs, by bench.gpu_specs entry; empty unless asked for).
 - `round` which pass over the design the row came from (`bench.run --rounds N`: 0 .. N-1; 0 for a
   single pass). Rows of one `cell_key` from different rounds are repeat measurements, each in a fresh
   process; a later row of the same cell and round supersedes an earlier one.
