@@ -4,9 +4,6 @@ TFLOP/s, files) runs end to end with a stand-in timer, since do_bench itself nee
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +14,6 @@ from kernels import bench_mlp, supports
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def test_cpu_run_times_nothing_and_exits_0(tmp_path):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "kernels.bench_mlp", "--out", str(tmp_path / "out")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "nothing was timed" in done.stdout and not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
