@@ -1,10 +1,9 @@
-"""kernels.bench_vq: the CPU path times nothing, and the pipeline (four providers, agreement with the
-fp64 argmax, files) runs end to end with a stand-in timer, since do_bench itself needs a GPU."""
+"""kernels.bench_vq: the pipeline (four providers, agreement with the fp64 argmax, files) runs end to end
+with a stand-in timer, since do_bench itself needs a GPU (the CPU exit: tests/kernels/test_bench_cli.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ import torch
 from bench.gpu_probe import perf_counter_timer
 from kernels import bench_vq, supports
 
-ROOT = Path(__file__).resolve().parents[2]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
