@@ -173,7 +173,7 @@ def measure(spec: CellSpec) -> Result:
         result.flags = stage_flags(result.stages)
         if spec.profile_top > 0:
             try:
-                result.profile = profile_step(step, device, spec.profile_top)
+                result.profile, result.profile_totals = profile_step(step, device, spec.profile_top)
             except Exception as exc:  # the timed figures stand without a breakdown
                 result.flags.append(f"profile_failed: {type(exc).__name__}: {exc}"[:300])
         result.status = "ok"

@@ -269,6 +269,16 @@ def _roofline_ops(estimates: Any, shown: int = 4) -> list[str]:
     return ["Costliest ops of each paper-size step at the ceilings (bench.roofline):", "", *lines, ""]
 
 
+def _busy(r: Result) -> list[str]:
+    """How much of the timed step the profiled step's kernels fill: under 1, the GPU waits on the host."""
+    totals, step = r.profile_totals, step_of(r)
+    if not totals or not step or r.device.get("type") != "cuda":
+        return []
+    return [f"Kernels {totals['self_s'] * 1e3:.1f} ms over {totals['calls']} launches, "
+            f"{totals['self_s'] / step:.0%} of the timed step (the rest: the GPU idle between kernels, waiting "
+            f"on Python, dispatch and launches).", ""]
+
+
 def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], dict[str, Any]]:
     """The costliest operators of one profiled step per variant: what limits each."""
     lines = ["## Where one step's time goes (torch.profiler, one step after timing)", "",
@@ -279,8 +289,9 @@ def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], d
         if r.status != "ok" or not r.profile or r.variant_key in data:
             continue
         data[r.variant_key] = r.profile
-        lines += [f"**{r.variant_key}** ({r.size}, batch {r.batch}, step {(step_of(r) or 0) * 1e3:.1f} ms)", "",
-                  "| operator | self ms | calls | share |", "|---|---|---|---|"]
+        lines += [f"**{r.variant_key}** ({r.size}, batch {r.batch}, step {(step_of(r) or 0) * 1e3:.1f} ms)", ""]
+        lines += _busy(r)
+        lines += ["| operator | self ms | calls | share |", "|---|---|---|---|"]
         for op in r.profile[:shown]:
             name = op["name"].replace("|", "/")
             lines.append(f"| `{name}` | {op['self_s'] * 1e3:.2f} | {op['calls']} | {_pct(op['share'])} |")

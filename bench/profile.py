@@ -5,6 +5,10 @@ disturbs the figures), one more step runs under `torch.profiler` and the operato
 self time are kept: on a GPU by time on the device (kernels), on a CPU by time on the host. A row's
 share is of the step's total self time, so the list answers "what limits this variant" directly:
 GEMMs near the bf16 peak, memory-bound elementwise kernels, attention, the optimizer.
+
+The totals over every operator say whether the device or the host sets the pace: on a GPU, the kernels'
+summed time against the timed (unprofiled) step is how busy the GPU is; well under 1 means it waits
+between kernels for Python, dispatch and launches, which no kernel can fix and CUDA graphs can.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ def _self_time_us(event: Any, on_device: bool) -> float:
     return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
 
 
-def profile_step(step: Any, device: torch.device, top: int) -> list[dict[str, Any]]:
-    """Run `step` once under the profiler and return its `top` operators by self time, as dicts."""
+def profile_step(step: Any, device: torch.device, top: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run `step` once under the profiler; return its `top` operators by self time, as dicts, and the
+    totals over all of them: {"self_s": summed self time, "calls": kernel launches on a GPU (host
+    operator calls on a CPU)}."""
     on_device = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
     with profile(activities=activities) as prof:
@@ -52,5 +58,5 @@ def profile_step(step: Any, device: torch.device, top: int) -> list[dict[str, An
     events = [e for e in events if e[1] > 0]
     total_us = sum(us for _, us, _ in events)
     events.sort(key=lambda e: e[1], reverse=True)
-    return [asdict(OpTime(name[:NAME_LIMIT], us * 1e-6, count, us / total_us))
-            for name, us, count in events[:top]]
+    ops = [asdict(OpTime(name[:NAME_LIMIT], us * 1e-6, count, us / total_us)) for name, us, count in events[:top]]
+    return ops, {"self_s": total_us * 1e-6, "calls": sum(count for _, _, count in events)}

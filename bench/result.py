@@ -48,6 +48,8 @@ Fields of `Result` (schema version 1):
 - `profile` None, or the top operators of one extra profiled step (`bench.profile`), each {"name",
   "self_s", "calls", "share"}: kernels by time on the GPU, host operators by CPU time on a CPU; share
   is of the step's total self time. Made only when asked (`--profile-top N`, bench.gpu_check).
+- `profile_totals` None, or that step's totals over every operator: {"self_s", "calls"} (kernel time
+  and launches on a GPU, host operator time and calls on a CPU).
 - `roofline` None, or (estimates only, `bench.roofline`) the step's lower bound on a named GPU: `gpu`,
   `dram_gb_per_s`, `peak_tflops`, `step_s` (every op at max(FLOPs/peak, bytes/bandwidth)), its
   `compute_bound_s` and `memory_bound_s` parts, `flops`, `bytes`, `ops`, `mfu_bound` (the highest MFU
@@ -168,6 +170,7 @@ class Result:
     env_fingerprint: str = ""
     flags: list[str] = field(default_factory=list)
     profile: list[dict[str, Any]] | None = None
+    profile_totals: dict[str, Any] | None = None
     roofline: dict[str, Any] | None = None
     round: int = 0
     timestamp: str = ""

@@ -178,6 +178,9 @@ def test_dry_run_rows_and_summary(dry_run):
     for r in paper:  # one profiled step each, ranked
         shares = [op["share"] for op in r["profile"]]
         assert 0 < len(shares) <= 12 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
+        totals = r["profile_totals"]
+        assert totals["self_s"] >= sum(op["self_s"] for op in r["profile"]) - 1e-12
+        assert totals["calls"] >= sum(op["calls"] for op in r["profile"])
     assert sum(r["baseline"] for r in paper) == 1
     ofat = {json.loads(line)["variant_key"]: json.loads(line)
             for line in (out / "results" / "ofat-tiny.jsonl").read_text().splitlines()}
@@ -342,3 +345,18 @@ def test_a_run_on_another_gpu_carries_the_fastest_over_to_the_target_gpu():
     assert on_target_gpu(_gpu_row(fast, 0.030, 14.0, 0.33), base, estimates) is None
     only_fast = {key: e for key, e in estimates.items() if key[2] == quick.variant_key}
     assert on_target_gpu(quick, base, only_fast) is None
+
+
+def test_profile_section_says_how_busy_the_gpu_was():
+    """The profiled step's kernel time against the timed step: how long the GPU waited on the host."""
+    from bench.gpu_summary import profile_section
+
+    r = _gpu_row(Variant.modern().replace(precision="bf16"), 0.025, 14.0, 0.3)
+    r.profile = [{"name": "sm90_xmma_gemm_bf16", "self_s": 0.012, "calls": 300, "share": 0.6}]
+    r.profile_totals = {"self_s": 0.020, "calls": 1500}
+    lines, data = profile_section([r])
+    text = "\n".join(lines)
+    assert "Kernels 20.0 ms over 1500 launches, 80% of the timed step" in text
+    assert "| `sm90_xmma_gemm_bf16` | 12.00 | 300 | 60.0 % |" in text and data[r.variant_key] == r.profile
+    r.device = {"type": "cpu", "name": "x86"}  # a CPU step's host time is no measure of GPU idling
+    assert "Kernels" not in "\n".join(profile_section([r])[0])
