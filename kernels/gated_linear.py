@@ -70,7 +70,7 @@ def _dot_operand(block, HALF_DOT: tl.constexpr):
 
 
 @triton.jit
-def _gated_up_kernel(X, W, GU, H, n_rows, n_cols, n_in, stride_x, stride_w, stride_gu, stride_h,
+def _gated_up_kernel(X, W1, W2, GU, H, n_rows, n_cols, n_in, stride_x, stride_w, stride_gu, stride_h,
                      K_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GEGLU: tl.constexpr, ROUNDING: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, HALF_DOT: tl.constexpr):
@@ -78,9 +78,10 @@ def _gated_up_kernel(X, W, GU, H, n_rows, n_cols, n_in, stride_x, stride_w, stri
     # running together share their rows of X (read from L2, not DRAM), and all of W stays in L2.
     row, col = tl.program_id(1) * BLOCK_M, tl.program_id(0) * BLOCK_N
     x_block = _block(X, n_rows, n_in, stride_x, row, 0, BLOCK_M, BLOCK_K)
-    # W is [2F, K] as nn.Linear lays it out: output column c is row c, transposed in registers.
-    w1_block = _block(W, n_cols, n_in, stride_w, col, 0, BLOCK_N, BLOCK_K)
-    w2_block = _block(W + n_cols.to(tl.int64) * stride_w, n_cols, n_in, stride_w, col, 0, BLOCK_N, BLOCK_K)
+    # W1, W2: the halves of W [2F, K] as nn.Linear lays it out (output column c is row c), transposed in
+    # registers. Two pointers from the host, since n_cols may be specialised to a constexpr 1.
+    w1_block = _block(W1, n_cols, n_in, stride_w, col, 0, BLOCK_N, BLOCK_K)
+    w2_block = _block(W2, n_cols, n_in, stride_w, col, 0, BLOCK_N, BLOCK_K)
     acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for _ in range(0, K_TILES):
@@ -174,7 +175,8 @@ def gated_up_forward(x: torch.Tensor, weight: torch.Tensor, activation: str, ope
     if n_rows and n_cols:
         block_m, block_n, block_k, warps = blocks(n_rows, n_cols, n_in, x.device, forward=True)
         _gated_up_kernel[(triton.cdiv(n_cols, block_n), triton.cdiv(n_rows, block_m))](
-            x, weight, gu, h, n_rows, n_cols, n_in, x.stride(0), weight.stride(0), gu.stride(0), h.stride(0),
+            x, weight, weight[n_cols:], gu, h, n_rows, n_cols, n_in, x.stride(0), weight.stride(0), gu.stride(0),
+            h.stride(0),
             K_TILES=triton.cdiv(n_in, block_k), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
             num_warps=warps, num_stages=3, **_flags(operand_dtype, activation))
     return gu.to(x.dtype), h.to(x.dtype)
