@@ -130,8 +130,7 @@ def _gated_down_grad_kernel(DOUT, W, GU, DGU, n_rows, n_cols, n_out, stride_dout
              dx2.to(DGU.dtype.element_ty), boundary_check=(0, 1))
 
 
-def blocks(n_rows: int, n_cols: int, n_reduce: int, device: torch.device, forward: bool
-           ) -> tuple[int, int, int, int]:
+def blocks(n_rows: int, n_cols: int, n_reduce: int, device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): the module docstring's tiles on a GPU, shrunk to the
     problem (never below tl.dot's 16); in the interpreter, where each program instance costs about a
     millisecond, 64-row tiles whatever the device would take."""
@@ -173,7 +172,7 @@ def gated_up_forward(x: torch.Tensor, weight: torch.Tensor, activation: str, ope
     gu = output_buffer((n_rows, 2 * n_cols), x.dtype, x.device, INTERPRETED)
     h = output_buffer((n_rows, n_cols), x.dtype, x.device, INTERPRETED)
     if n_rows and n_cols:
-        block_m, block_n, block_k, warps = blocks(n_rows, n_cols, n_in, x.device, forward=True)
+        block_m, block_n, block_k, warps = blocks(n_rows, n_cols, n_in, x.device)
         _gated_up_kernel[(triton.cdiv(n_cols, block_n), triton.cdiv(n_rows, block_m))](
             x, weight, weight[n_cols:], gu, h, n_rows, n_cols, n_in, x.stride(0), weight.stride(0), gu.stride(0),
             h.stride(0),
@@ -201,7 +200,7 @@ def gated_down_grad(dout: torch.Tensor, weight: torch.Tensor, gu: torch.Tensor, 
     (n_rows, n_out), n_cols = dout.shape, weight.shape[1]
     dgu = output_buffer((n_rows, 2 * n_cols), gu.dtype, gu.device, INTERPRETED)
     if n_rows and n_cols:
-        block_m, block_n, block_k, warps = blocks(n_rows, n_cols, n_out, dout.device, forward=False)
+        block_m, block_n, block_k, warps = blocks(n_rows, n_cols, n_out, dout.device)
         _gated_down_grad_kernel[(triton.cdiv(n_cols, block_n), triton.cdiv(n_rows, block_m))](
             dout, weight, gu, dgu, n_rows, n_cols, n_out, dout.stride(0), weight.stride(0), gu.stride(0),
             dgu.stride(0), K_TILES=triton.cdiv(n_out, block_k), BLOCK_M=block_m, BLOCK_N=block_n,

@@ -218,10 +218,11 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
         for rows, dim, inner in ((4 * 13824, 512, 1365), (2 * 75, 32, 85), (70, 48, 1)):
             ints = {"n_rows": "i32"} if inner == 1 else {"n_rows": "i32", "n_cols": "i32"}
             const_cols = {"n_cols": 1} if inner == 1 else {}
-            for forward, reduce in ((True, dim), (False, dim)):
-                bm, bn, bk, warps = gated_linear.blocks(rows, inner, reduce, torch.device("cuda"), forward)
-                flags = {"K_TILES": -(-reduce // bk), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
-                         "ROUNDING": rounding, "INPUT_PRECISION": precision, "HALF_DOT": True, **const_cols}
+            # Both kernels reduce over dim (the up projection's input, the down projection's output).
+            bm, bn, bk, warps = gated_linear.blocks(rows, inner, dim, torch.device("cuda"))
+            flags = {"K_TILES": -(-dim // bk), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+                     "ROUNDING": rounding, "INPUT_PRECISION": precision, "HALF_DOT": True, **const_cols}
+            for forward in (True, False):
                 for geglu in (False, True):
                     if forward:
                         compile_(gated_linear._gated_up_kernel,
@@ -257,8 +258,8 @@ from triton.compiler import ASTSource
 from kernels import gated_linear
 
 triton.knobs.nvidia.dump_ptxas_log = True  # ptxas's register and spill report, on stdout
+bm, bn, bk, warps = gated_linear.blocks(4 * 13824, 1365, 512, torch.device("cuda"))
 for forward in (True, False):
-    bm, bn, bk, warps = gated_linear.blocks(4 * 13824, 1365, 512, torch.device("cuda"), forward)
     if forward:
         fn, names = gated_linear._gated_up_kernel, ("X", "W1", "W2", "GU", "H", "n_rows", "n_cols", "n_in",
                                                     "stride_x", "stride_w", "stride_gu", "stride_h")
