@@ -24,31 +24,29 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.bench import FF_INNER, RMSNORM_WIDTH, Timer, time_summary
+from kernels.bench import FF_INNER, RMSNORM_WIDTH, Timer, eager_module, time_summary
 from kernels.bench_cli import gpu_bench_main, write_rows
 
 PROVIDERS = ("gemm", "separate", "eager")
 MODES = ("fwd", "full")
 
 
-def _eager(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-    a, b = F.linear(x, w_in).chunk(2, dim=-1)
-    return F.linear(F.silu(a) * b, w_out)
+Layer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def layer_fn(provider: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def layer_fn(provider: str) -> Layer:
     """(x, w_in, w_out) -> out, as the `mlp` switch's value runs the layer after its norm."""
     if provider == "gemm":
         from kernels.gated_linear import triton_gated_mlp
 
         return lambda x, w_in, w_out: triton_gated_mlp(x, w_in, w_out, "swiglu")
     if provider == "separate":
-        from kernels.swiglu import triton_swiglu
-
-        return lambda x, w_in, w_out: F.linear(triton_swiglu(F.linear(x, w_in)), w_out)
-    if provider == "eager":
-        return _eager
-    raise ValueError(f"unknown provider {provider!r}; valid: {', '.join(PROVIDERS)}")
+        from kernels.swiglu import triton_swiglu as gate
+    elif provider == "eager":
+        gate = eager_module("swiglu", FF_INNER)  # kernels.bench's PyTorch SwiGLU, as mlp=swiglu runs it
+    else:
+        raise ValueError(f"unknown provider {provider!r}; valid: {', '.join(PROVIDERS)}")
+    return lambda x, w_in, w_out: F.linear(gate(F.linear(x, w_in)), w_out)
 
 
 def inputs(rows: int, dim: int, inner: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -62,7 +60,7 @@ def inputs(rows: int, dim: int, inner: int, device: torch.device) -> dict[str, t
             "dout": torch.randn(rows, dim, generator=gen, device=device).bfloat16()}
 
 
-def _outputs(fn: Callable, t: dict[str, torch.Tensor], autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(fn: Layer, t: dict[str, torch.Tensor], autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x = t["x"].detach().float().requires_grad_(True) if not autocast else t["x"].detach().requires_grad_(True)
     w_in, w_out = t["w_in"].detach(), t["w_out"].detach()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -71,21 +69,27 @@ def _outputs(fn: Callable, t: dict[str, torch.Tensor], autocast: bool) -> tuple[
     return out.detach().float(), x.grad.float()
 
 
-def relative_errors(fn: Callable, t: dict[str, torch.Tensor]) -> dict[str, float]:
+def fp32_reference(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, dx) of the eager layer in fp32, without autocast: what every provider is compared with."""
+    return _outputs(layer_fn("eager"), t, autocast=False)
+
+
+def relative_errors(fn: Layer, t: dict[str, torch.Tensor],
+                    reference: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
     """Largest |provider - fp32| over the fp32 result's largest magnitude, for the output and dx."""
-    reference = _outputs(_eager, t, autocast=False)
     measured = _outputs(fn, t, autocast=True)
     return {f"{name}_rel_err": ((m - r).abs().max() / r.abs().max()).item()
             for name, m, r in zip(("out", "dx"), measured, reference, strict=True)}
 
 
-def measure(provider: str, t: dict[str, torch.Tensor], timer: Timer) -> list[dict]:
+def measure(provider: str, t: dict[str, torch.Tensor], timer: Timer,
+            reference: tuple[torch.Tensor, torch.Tensor]) -> list[dict]:
     rows, dim = t["x"].shape
     inner = t["w_out"].shape[1]
     base = {"provider": provider, "rows": rows, "dim": dim, "inner": inner}
     try:
         fn = layer_fn(provider)
-        errors = relative_errors(fn, t)  # also the first (compiling) calls
+        errors = relative_errors(fn, t, reference)  # also the first (compiling) calls
 
         def forward() -> torch.Tensor:
             with torch.autocast(t["x"].device.type, dtype=torch.bfloat16):
@@ -110,9 +114,10 @@ def measure(provider: str, t: dict[str, torch.Tensor], timer: Timer) -> list[dic
 def run(rows: int, dim: int, inner: int, providers: "tuple[str, ...]", timer: Timer, device: torch.device,
         log: Callable[[str], None] = print) -> list[dict]:
     t = inputs(rows, dim, inner, device)
+    reference = fp32_reference(t)
     results = []
     for provider in providers:
-        results += measure(provider, t, timer)
+        results += measure(provider, t, timer, reference)
         for row in results[-len(MODES):]:
             log(_summary(row))
         if device.type == "cuda":

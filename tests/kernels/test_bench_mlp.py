@@ -38,6 +38,6 @@ def test_pipeline_with_a_stand_in_timer(tmp_path):
 
 def test_a_failing_provider_is_recorded_for_both_passes():
     t = bench_mlp.inputs(8, 16, 5, torch.device("cpu"))
-    rows = bench_mlp.measure("cutlass", t, perf_counter_timer(1))
+    rows = bench_mlp.measure("cutlass", t, perf_counter_timer(1), bench_mlp.fp32_reference(t))
     assert [(r["mode"], r["status"]) for r in rows] == [("fwd", "error"), ("full", "error")]
     assert "unknown provider" in rows[0]["note"] and "error" in bench_mlp.table(rows)
