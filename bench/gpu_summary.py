@@ -216,8 +216,7 @@ def ofat_section(results: list[Result], size: str) -> tuple[list[str], list[dict
     return lines, rows
 
 
-def estimate_section(out: Path, measured: list[Result]) -> tuple[list[str], list[dict[str, Any]]]:
-    estimates = _estimates(out)
+def estimate_section(estimates: dict[tuple, Result], measured: list[Result]) -> tuple[list[str], list[dict[str, Any]]]:
     rows = []
     for r in measured:
         e = estimates.get((r.size, r.batch, r.variant_key))
@@ -339,6 +338,7 @@ def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, 
     data: dict[str, Any] = {"dry_run": plan.dry_run, "elapsed_s": total_s, "environment": env}
     measured: list[Result] = []
     by_name = {p.name: _read(out / "results" / f"{p.name}.jsonl") for p in plan.cell_parts}
+    estimates = _estimates(out)
     for part in plan.cell_parts:
         results = by_name[part.name]
         measured += results
@@ -347,13 +347,13 @@ def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, 
         elif part.name == "targets":
             # The compiled candidate runs last, on leftover time, but competes in the same section.
             results = results + by_name.get("targets-compiled", [])
-            section, data["targets"] = targets_section(results, by_name.get("paper-bf16", []), _estimates(out))
+            section, data["targets"] = targets_section(results, by_name.get("paper-bf16", []), estimates)
         elif part.name == "targets-compiled":
             continue
         else:
             section, data[part.name] = ofat_section(results, part.size)
         lines += section
-    section, data["estimate"] = estimate_section(out, measured)
+    section, data["estimate"] = estimate_section(estimates, measured)
     lines += section
     section, data["profiles"] = profile_section(measured)
     lines += section
