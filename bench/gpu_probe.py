@@ -9,9 +9,9 @@ of every cell it measures), so everything else that needs the device runs here, 
     supports  models.supports() of every planned cell on this device, so gpu_check records unsupported
               cells without spawning a process for each
     kernels   kernels.bench_vq's nearest-code search (four providers), kernels.bench_mlp's gated
-              feed-forward (the gate in the matmul epilogues, as its own kernel, eager), then kernels.bench's measuring
-              loop at the model's shapes, one (case, provider) at a time until --kernels-deadline (a
-              time.time() value), rewriting its files after each
+              feed-forward (the gate in the matmul epilogues, as its own kernel, eager), then
+              kernels.bench's measuring loop at the model's shapes, one (case, provider) at a time until
+              --kernels-deadline (a time.time() value), rewriting its files after each
 
 On a CPU (gpu_check --dry-run) the same steps run with small tensors, a perf_counter timer and the
 Triton kernels in the interpreter (TRITON_INTERPRET=1 set by the parent), so every line is exercised.
