@@ -104,6 +104,10 @@ def step_supports(device: torch.device, cells_path: Path | None) -> dict:
     return {key: supports(Variant.from_dict(v), device) for key, v in variants.items()}
 
 
+def _log(line: str) -> None:
+    print(f"gpu_probe: {line}", flush=True)
+
+
 def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: Path, deadline: float,
                  dry_run: bool) -> dict:
     from kernels import bench_mlp, bench_vq
@@ -125,10 +129,10 @@ def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: P
     env["l2_flushed"] = device.type == "cuda"
     # The VQ search first: a few seconds, and the roofline's largest fp32 term in the target variants.
     vq_rows = bench_vq.run(*(DRY_VQ_SHAPE if dry_run else GPU_VQ_SHAPE), bench_vq.PROVIDERS, timer, device,
-                           log=lambda line: print(f"gpu_probe: {line}", flush=True))
+                           log=_log)
     bench_vq.write(vq_rows, env, out / "kernels")
     mlp_rows = bench_mlp.run(*(DRY_MLP_SHAPE if dry_run else GPU_MLP_SHAPE), bench_mlp.PROVIDERS, timer, device,
-                             log=lambda line: print(f"gpu_probe: {line}", flush=True))
+                             log=_log)
     bench_mlp.write(mlp_rows, env, out / "kernels")
     results, skipped = [], []
     for case in cases:
@@ -137,7 +141,7 @@ def step_kernels(device: torch.device, timer: Callable, copy_gbps: float, out: P
                 skipped.append(f"{case.kernel} {case.dtype} {provider}")
                 continue
             results += run([case], (provider,), ("fwd", "bwd", "full"), timer, device, copy_gbps,
-                           log=lambda line: print(f"gpu_probe: {line}", flush=True))
+                           log=_log)
             write(results, env, out / "kernels")
             (out / "kernels" / "table.md").write_text(table(results) + "\n")
     return {"status": "ok", "rows": len(results), "vq_rows": len(vq_rows), "mlp_rows": len(mlp_rows),

@@ -27,6 +27,13 @@ SEED_TIME_RATIO = 0.94
 TARGET_FAST_TIME, TARGET_FAST_MFU = 0.5, 0.40
 TARGET_LEAN_MEMORY, TARGET_LEAN_TIME = 0.3, 1.0
 TARGET_GPU = "H100 SXM"  # the GPU the fastest candidate's targets are stated for (a bench.gpu_specs entry)
+# The probe's kernel benchmark tables (under probe/kernels/), each under its heading in the summary.
+KERNEL_TABLES = (
+    ("table.md", "## Triton kernels (kernels.bench; median ms and % of the measured copy bandwidth)"),
+    ("vq_search.md", "## VQ nearest-code search (kernels.bench_vq; random unit tokens and codes, agreement with "
+                     "the fp64 argmax)"),
+    ("gated_mlp.md", "## Gated feed-forward (kernels.bench_mlp; bf16 autocast, errors relative to fp32)"),
+)
 
 
 def memory_of(r: Result) -> tuple[int | None, str]:
@@ -357,15 +364,9 @@ def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, 
     lines += section
     section, data["profiles"] = profile_section(measured)
     lines += section
-    kernels = out / "probe" / "kernels" / "table.md"
-    lines += ["## Triton kernels (kernels.bench; median ms and % of the measured copy bandwidth)", "",
-              kernels.read_text().strip() if kernels.exists() else "(not run)", ""]
-    vq_search = out / "probe" / "kernels" / "vq_search.md"
-    lines += ["## VQ nearest-code search (kernels.bench_vq; random unit tokens and codes, agreement with the "
-              "fp64 argmax)", "", vq_search.read_text().strip() if vq_search.exists() else "(not run)", ""]
-    gated_mlp = out / "probe" / "kernels" / "gated_mlp.md"
-    lines += ["## Gated feed-forward (kernels.bench_mlp; bf16 autocast, errors relative to fp32)", "",
-              gated_mlp.read_text().strip() if gated_mlp.exists() else "(not run)", ""]
+    for table_md, heading in KERNEL_TABLES:
+        path = out / "probe" / "kernels" / table_md
+        lines += [heading, "", path.read_text().strip() if path.exists() else "(not run)", ""]
     lines += ["## Parts", "", "| part | budget s | elapsed s | status | notes |", "|---|---|---|---|---|"]
     for p in parts:
         lines.append(f"| {p.name} | {p.budget_s:.0f} | {p.elapsed_s:.0f} | {p.status} | {'; '.join(p.notes)} |")
