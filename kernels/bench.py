@@ -203,10 +203,10 @@ def _measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, 
         err_out, err_dx = _errors(module, case, x, dy, weight)  # also the first (compiling) call
         setup_s = time.perf_counter() - started
     except Exception as err:  # noqa: BLE001 - one provider failing must not lose the others
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-        status = ("unsupported" if isinstance(err, ImportError)
-                  else "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error")
-        return [{**base, "mode": mode, "status": status, "note": reason} for mode in modes]
+        failed = failure(err)
+        if isinstance(err, ImportError):  # the provider's package is missing, which is not a failure
+            failed["status"] = "unsupported"
+        return [{**base, "mode": mode, **failed} for mode in modes]
     rows = []
     params = [x, *module.parameters()]
     for mode in modes:
@@ -215,15 +215,20 @@ def _measure(case: Case, provider: str, modes: "tuple[str, ...]", timer: Timer, 
         try:
             samples = timer(_timed_fn(module, x, dy, mode), params)
         except Exception as err:  # noqa: BLE001
-            reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
-            rows.append({**row, "status": status, "note": reason})
+            rows.append({**row, **failure(err)})
             continue
         times = time_summary(samples)
         gbps = case.bytes_moved(mode) / (times["ms_p50"] * 1e-3) / 1e9
         rows.append({**row, "status": "ok", "bytes": case.bytes_moved(mode), **times, "gbps": gbps,
                      "frac_copy_bw": gbps / copy_gbps if copy_gbps else math.nan})
     return rows
+
+
+def failure(err: Exception) -> dict[str, str]:
+    """The status and note of a provider's failed row: "oom" on CUDA out-of-memory, else "error", and the
+    error's first line."""
+    status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
+    return {"status": status, "note": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
 
 
 def _quantile(samples: list, q: float) -> float:

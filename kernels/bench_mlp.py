@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.bench import FF_INNER, RMSNORM_WIDTH, Timer, eager_module, time_summary
+from kernels.bench import FF_INNER, RMSNORM_WIDTH, Timer, eager_module, failure, time_summary
 from kernels.bench_cli import gpu_bench_main, write_rows
 
 PROVIDERS = ("gemm", "separate", "eager")
@@ -98,9 +98,7 @@ def measure(provider: str, t: dict[str, torch.Tensor], timer: Timer,
         passes = {"fwd": lambda: forward(), "full": lambda: forward().backward(t["dout"])}
         samples = {mode: timer(passes[mode], [t["x"], t["w_in"], t["w_out"]]) for mode in MODES}
     except Exception as err:  # noqa: BLE001 - one provider failing must not lose the others
-        status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
-        return [{**base, "mode": mode, "status": status, "note": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
-                for mode in MODES]
+        return [{**base, "mode": mode, **failure(err)} for mode in MODES]
     matmul_flops = 2 * rows * dim * 3 * inner  # up (2F wide) and down (F deep) projections, forward
     result = []
     for mode in MODES:

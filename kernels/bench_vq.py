@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from kernels.bench import Timer, time_summary
+from kernels.bench import Timer, failure, time_summary
 from kernels.bench_cli import gpu_bench_main, write_rows
 
 PROVIDERS = ("triton_tf32", "triton_ieee", "torch_fp32", "torch_tf32")
@@ -83,8 +83,7 @@ def measure(provider: str, x: torch.Tensor, codes: torch.Tensor, timer: Timer) -
             index = search(x, codes)  # also the first (compiling) call
             samples = timer(lambda: search(x, codes), [])
     except Exception as err:  # noqa: BLE001 - one provider failing must not lose the others
-        status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
-        return {**row, "status": status, "note": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
+        return {**row, **failure(err)}
     best, picked = fp64_scores_of(x, codes, index)
     times = time_summary(samples)
     return {**row, "status": "ok", **times,
