@@ -51,7 +51,8 @@ def test_faults_are_recorded_and_the_sweep_finishes(tmp_path, monkeypatch, capsy
 
 def test_killed_sweep_resumes_without_redoing_or_duplicating(tmp_path):
     marker = f"CTCLIP_TEST_MARKER={tmp_path}"
-    env = dict(os.environ, PYTHONPATH=str(REPO), CTCLIP_TEST_MARKER=str(tmp_path),
+    # TMPDIR: the runner killed below never removes its cell's temporary folder; keep that inside tmp_path.
+    env = dict(os.environ, PYTHONPATH=str(REPO), CTCLIP_TEST_MARKER=str(tmp_path), TMPDIR=str(tmp_path),
                **{ENV_VAR: f"hang@{MODERN_SOFTMAX}"})
     argv = [sys.executable, "-m", "bench.run", "--matrix", "--only", "loss=softmax", "--out", str(tmp_path),
             "--timeout", "120", *FAST]
