@@ -37,6 +37,13 @@ def compile_(fn, runtime, constexprs, num_warps, target, num_stages=3):
     assert kernel.asm["cubin"], fn.__name__
     assert kernel.metadata.shared <= SHARED_LIMIT[target.arch], (fn.__name__, kernel.metadata.shared)
 
+def row_col_args(n_cols):
+    """(runtime ints, constexprs) for n_rows and n_cols: Triton specialises an int argument equal to 1
+    into a constexpr, so n_cols = 1 moves from the signature to the constexprs."""
+    if n_cols == 1:
+        return {"n_rows": "i32"}, {"n_cols": 1}
+    return {"n_rows": "i32", "n_cols": "i32"}, {}
+
 count = 0
 # Every dtype for Hopper; bf16 (the dtype Ampere adds) for sm_80.
 for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
@@ -45,11 +52,7 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
         for rows, width in ((13824 * 4, 512), (64, 1), (3, 1365)):
             bn = rmsnorm._block_n(width)
             bm = _launch.rows_per_tile(bn, rows)
-            ints = {"n_rows": "i32", "n_cols": "i32"}
-            # Triton specialises an int argument equal to 1 into a constexpr.
-            const_cols = {"n_cols": 1} if width == 1 else {}
-            if const_cols:
-                del ints["n_cols"]
+            ints, const_cols = row_col_args(width)
             # Pointers and strides the flags leave unused are still arguments: typed like the live ones.
             absent_fwd = {"BRANCH": f"*{dt}", "SUM": f"*{dt}", "SUM_COPY": f"*{dt}", "stride_branch": "i32"}
             absent_bwd = {"D_SUM": f"*{dt}", "D_SUM_COPY": f"*{dt}", "D_BRANCH": f"*{dt}",
@@ -216,8 +219,7 @@ for arch, dtypes in ((90, ("fp32", "fp16", "bf16")), (80, ("bf16",))):
         # model's (dim 32, F = 85), both gates, with the block sizes the launcher picks on a GPU.
         # F = 1 as Triton specialises it (a constexpr), as the kernels' tests run it.
         for rows, dim, inner in ((4 * 13824, 512, 1365), (2 * 75, 32, 85), (70, 48, 1)):
-            ints = {"n_rows": "i32"} if inner == 1 else {"n_rows": "i32", "n_cols": "i32"}
-            const_cols = {"n_cols": 1} if inner == 1 else {}
+            ints, const_cols = row_col_args(inner)
             # Both kernels reduce over dim (the up projection's input, the down projection's output).
             bm, bn, bk, warps = gated_linear.blocks(rows, inner, dim, torch.device("cuda"))
             flags = {"K_TILES": -(-dim // bk), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
