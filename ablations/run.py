@@ -1,7 +1,7 @@
 """Short contrastive training runs and their zero-shot evaluation, one result row per (variant, seed).
 
     python -m ablations.run --design paper --size tiny --data DIR --steps 300 --seeds 3 --out results/acc
-    python -m ablations.run --variants faithful modern --size tiny --data DIR --config configs/acc.yaml
+    python -m ablations.run --config configs/acc-tiny.yaml --seeds 1    # the flags of a file, one overridden
     torchrun --nproc-per-node 2 -m ablations.run ...      (DDP; negatives from every rank)
 
 For each variant of a design (bench.design's `paper`, `ofat`, `loo`, `full`, or an explicit
@@ -30,7 +30,6 @@ import torch
 
 from ablations.autocast_policy import POLICIES, AutocastPolicy, autocast_policy
 from ablations.bootstrap import BootstrapSpec
-from ablations.config import parse_with_config
 from ablations.distributed import DistContext, init_from_env
 from ablations.evaluate import evaluate_model, patient_groups
 from ablations.paired import load_scores, paired_auroc, save_scores
@@ -40,6 +39,7 @@ from ablations.result import AccuracyResult, accuracy_cell_key, append_row, read
 from ablations.summary import format_summary, seed_summary
 from ablations.train import Diverged, TrainConfig, seed_everything, train
 from ablations.variants import CellSpec, cells_from_args
+from bench.config import parse_with_config
 from bench.environment import device_info, environment, git_info
 
 CACHE_LIMIT_BYTES = 4 * 2**30  # hold a split in memory (decoded once for all variants and seeds) below this
@@ -162,6 +162,8 @@ def compare_with_baseline(result: AccuracyResult, rows: list[dict], out: Path, s
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win), "
+                                    "e.g. configs/acc-tiny.yaml")
     p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
     p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for rows, curves, checkpoints")
     p.add_argument("--design", default=None, help="paper | ofat | loo | full (bench.design)")

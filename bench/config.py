@@ -1,10 +1,12 @@
 """Every command-line flag can also come from a YAML file (`--config FILE`); explicit flags win.
 
-The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`, `matrix: true`)
-to values. Repeatable flags take one string, a list of strings, or for `only`/`exclude` a mapping
-`{attention: [math, sdpa], vq: off}`. Beware YAML flow lists: `[attention=math,sdpa]` is two items.
-Unknown keys, values of the wrong type and files that are not a mapping are rejected before anything
-runs, with a message naming the key and the file.
+Used by bench.run, bench.estimate, ablations.run and ablations.infer; `configs/` holds the runs the
+README reports. The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`,
+`matrix: true`) to values. Repeatable and multi-value flags (`only`, `variants`, `seed-list`) take one
+value, a list, or for `only`/`exclude` a mapping `{attention: [math, sdpa], vq: off}`. Beware YAML flow
+lists: `[attention=math,sdpa]` is two items. Unknown keys, values of the wrong type or outside a flag's
+choices, and files that are not a mapping are rejected before anything runs, with a message naming the
+key and the file. A required flag the file supplies need not be given again on the command line.
 """
 
 from __future__ import annotations
@@ -31,29 +33,8 @@ def _word(value: Any) -> str:
     return str(value)
 
 
-def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:
-    where = f"{source}: key {key!r}"
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if isinstance(action, argparse._AppendAction):
-        if isinstance(value, dict):  # `only: {attention: [math, sdpa]}` -> ["attention=math,sdpa"]
-            values = []
-            for axis, vals in value.items():
-                vals = vals if isinstance(vals, list) else [vals]
-                if not all(isinstance(v, (str, int, float, bool)) for v in vals):
-                    raise ConfigError(f"{where}: values of {axis!r} must be strings, got {vals!r}")
-                values.append(f"{axis}=" + ",".join(_word(v) for v in vals))
-            return values
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, (str, int, float, bool)) for v in values):
-            raise ConfigError(f"{where} must be a string or a list of strings, got {value!r}")
-        return [_word(v) for v in values]
-    if value is None:
-        return None
-    if isinstance(value, (dict, list)):
-        raise ConfigError(f"{where} must be a single value, got {value!r}")
+def _item(action: argparse.Action, value: Any, where: str) -> Any:
+    """One value as argparse would have it from the command line: typed, then checked against choices."""
     if isinstance(value, bool) and action.type is not None:
         # YAML turns `on`/`off` into booleans; pass them back as the words argparse would see.
         value = "on" if value else "off"
@@ -64,6 +45,41 @@ def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:
     if action.choices is not None and converted not in action.choices:
         raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(map(str, action.choices))}")
     return converted
+
+
+def _items(action: argparse.Action, value: Any, where: str) -> list[Any]:
+    """A repeatable (`--only A --only B`) or multi-value (`--variants A B`) flag's list of values."""
+    if isinstance(value, dict):  # `only: {attention: [math, sdpa]}` -> ["attention=math,sdpa"]
+        values = []
+        for axis, vals in value.items():
+            vals = vals if isinstance(vals, list) else [vals]
+            if not all(isinstance(v, (str, int, float, bool)) for v in vals):
+                raise ConfigError(f"{where}: values of {axis!r} must be strings, got {vals!r}")
+            values.append(f"{axis}=" + ",".join(_word(v) for v in vals))
+    else:
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (str, int, float, bool)) for v in values):
+            raise ConfigError(f"{where} must be a value or a list of values, got {value!r}")
+    if action.nargs == "+" and not values:
+        raise ConfigError(f"{where} needs at least one value")
+    return [_item(action, v if action.type is not None else _word(v), where) for v in values]
+
+
+def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:
+    where = f"{source}: key {key!r}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
+        return _items(action, value, where)
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where} must be a single value, got {value!r}")
+    if action.nargs == "?" and isinstance(value, bool):  # `resume: true` is the bare flag
+        return action.const if value else None
+    return _item(action, value, where)
 
 
 def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -97,7 +113,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     known, _ = pre.parse_known_args(argv)
     if known.config:
         try:
-            parser.set_defaults(**load_config(known.config, parser))
+            values = load_config(known.config, parser)
         except ConfigError as exc:
             parser.error(str(exc))
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a required flag the file supplies is not demanded again
+            if action.dest in values:
+                action.required = False
     return parser.parse_args(argv)
