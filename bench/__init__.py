@@ -2,7 +2,7 @@
 
     python -m bench.run --matrix                        # CPU: tiny size, paper design; GPU: paper size
     python -m bench.run --matrix --design ofat --size tiny --out results
-    python -m bench.run --matrix --config configs/x.yaml --resume
+    python -m bench.run --config configs/cpu-report.yaml --resume
     python -m bench.estimate --size paper --design paper   # FakeTensorMode: memory and FLOPs, no GPU
 
 Modules, one thing each:

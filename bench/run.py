@@ -7,7 +7,7 @@ Rows go to OUT/matrix-<size>-<device>-<timestamp>.jsonl as each cell finishes, w
 `--rounds N` runs the whole design N times, each round in a fresh process per cell and in the reverse
 order of the round before (so drift over the sweep does not favour the cells that ran first); the
 reports then take run-to-run variation into their intervals (reports/rounds.py).
-Every flag can also come from a YAML file: `--config configs/x.yaml` (see bench/config.py).
+Every flag can also come from a YAML file: `--config configs/cpu-report.yaml` (see bench/config.py and configs/).
 """
 
 from __future__ import annotations
