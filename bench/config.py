@@ -1,12 +1,14 @@
 """Every command-line flag can also come from a YAML file (`--config FILE`); explicit flags win.
 
-Used by bench.run, bench.estimate, ablations.run and ablations.infer; `configs/` holds the runs the
-README reports. The YAML file is a mapping from flag names (`repeats`, `warmup-time` or `warmup_time`,
-`matrix: true`) to values. Repeatable and multi-value flags (`only`, `variants`, `seed-list`) take one
-value, a list, or for `only`/`exclude` a mapping `{attention: [math, sdpa], vq: off}`. Beware YAML flow
-lists: `[attention=math,sdpa]` is two items. Unknown keys, values of the wrong type or outside a flag's
-choices, and files that are not a mapping are rejected before anything runs, with a message naming the
-key and the file. A required flag the file supplies need not be given again on the command line.
+Used by every bench and ablations command a user runs (not by gpu_check's helpers gpu_probe and
+pytest_table, whose arguments it computes, nor by the reports, models and kernels tools: those packages
+do not import bench); `configs/` holds the runs the README reports. The YAML file is a mapping from flag
+names (`repeats`, `warmup-time` or `warmup_time`, `matrix: true`) to values. Repeatable and multi-value
+flags (`only`, `variants`, `seed-list`) take one value, a list, or for `only`/`exclude` a mapping
+`{attention: [math, sdpa], vq: off}`. Beware YAML flow lists: `[attention=math,sdpa]` is two items.
+Unknown keys, values of the wrong type or outside a flag's choices, and files that are not a mapping are
+rejected before anything runs, with a message naming the key and the file. A required flag the file
+supplies need not be given again on the command line.
 """
 
 from __future__ import annotations

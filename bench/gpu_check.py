@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from bench import store
+from bench.config import parse_with_config
 from bench.environment import REPO_ROOT, environment, fingerprint, git_info, host_device_info
 from bench.gpu_plan import CellPart, Plan, make_plan
 from bench.result import Result
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--dry-run", action="store_true", help="every step on the CPU at tiny size (CI)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: reports/gpu/<gpu-name>; with --dry-run results/gpu_check-dry-run)")
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.gpu_summary import summarize
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA GPU here; run with --dry-run to go through every step on the CPU")
     plan = make_plan(args.dry_run)

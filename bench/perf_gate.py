@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.config import parse_with_config
+
 # extra_info keys the perf suites record (tests/perf/helpers.py) and this gate compares by default: the
 # CUDA allocator peak (GPU tests) and the bytes saved for backward (CPU tests; deterministic, so a rise
 # is a real change in what the model keeps).
@@ -127,6 +129,7 @@ def compare(current: Run, baseline: Run, fields: tuple[str, ...], threshold_pct:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.perf_gate", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--storage", type=Path, default=Path(".benchmarks"),
                    help="pytest-benchmark storage folder (--benchmark-storage), searched recursively")
     p.add_argument("--current", type=Path, help="the run to check (default: the newest JSON in --storage)")
@@ -140,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
     fields = tuple(args.fields or DEFAULT_FIELDS)
     try:
         runs = saved_runs(args.storage) if args.storage.exists() else []

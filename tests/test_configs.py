@@ -1,5 +1,6 @@
 """configs/: each file is a valid config for the command its first line names, the cells and sizes it
-asks for resolve, and the README points at every one of them (and at none that is missing)."""
+asks for resolve, and the README points at every one of them (and at none that is missing); and every
+bench and ablations command reads --config (DESIGN.md: every flag also readable from a YAML file)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_is_valid_for_its_command(path, capsys):
+def test_config_is_valid_for_its_command(path, capsys, tmp_path):
     module = importlib.import_module(_command(path))
     parser = module.build_parser()
     values = load_config(path, parser)  # raises ConfigError on an unknown key or a bad value
@@ -50,6 +51,11 @@ def test_config_is_valid_for_its_command(path, capsys):
         cells = cells_from_args(args.design, args.variants, args.only, args.exclude, args.precision)
         assert cells and all(c.variant.precision == (args.precision or c.variant.precision) for c in cells)
         override_size(get_size(args.size), args.size_set, args.text_max_len)
+    elif module.__name__ == "ablations.data.synthetic":
+        assert any(f"data: {values['out']}" in c.read_text() for c in CONFIGS)  # some run reads them
+        out = tmp_path / "phantoms"  # the file's flags, three volumes of them
+        assert module.main(["--config", str(path), "--n", "3", "--workers", "1", "--out", str(out)]) == 0
+        assert len(list((out / "dataset").rglob("*.nii.gz"))) == 3
     else:
         pytest.fail(f"{path.name}: no check for {module.__name__}")
 
@@ -58,3 +64,25 @@ def test_readme_names_every_config_and_no_missing_one():
     readme = (ROOT / "README.md").read_text()
     named = set(re.findall(r"configs/[\w.-]+\.yaml", readme))
     assert named == {f"configs/{p.name}" for p in CONFIGS}
+
+
+HELPERS = {"bench.config", "bench.gpu_probe", "bench.pytest_table"}  # gpu_check computes their arguments
+COMMANDS = sorted(
+    ".".join(f.relative_to(ROOT).with_suffix("").parts)
+    for package in ("bench", "ablations") for f in (ROOT / package).rglob("*.py")
+    if "argparse.ArgumentParser(" in f.read_text()
+)
+
+
+def _bad_config(tmp_path: Path) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text("no-such-flag: 1\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("name", [c for c in COMMANDS if c not in HELPERS])
+def test_every_bench_and_ablations_command_takes_a_config(name, capsys, tmp_path):
+    module = importlib.import_module(name)
+    with pytest.raises(SystemExit) as exc:  # a key the command does not have: refused, naming the file
+        module.main(["--config", _bad_config(tmp_path)])
+    assert exc.value.code == 2 and "unknown key 'no-such-flag'" in capsys.readouterr().err

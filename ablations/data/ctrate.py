@@ -26,6 +26,7 @@ from ablations.data.labels import ABNORMALITIES
 from ablations.data.layout import METADATA_COLUMNS, REPORT_COLUMNS, SPLITS, Layout
 from ablations.data.resample import preprocess_hu, target_shape
 from ablations.data.volume_io import RESCALE_MODES, read_volume
+from bench.config import parse_with_config
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +167,14 @@ def collate(samples: list["Sample | None"]) -> Batch:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.ctrate",
                                      description="Check a CT-RATE tree: read and preprocess every volume of a split.")
+    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--src", required=True, type=Path, help="folder holding dataset/ (or the dataset/ folder)")
     parser.add_argument("--split", default="valid", choices=SPLITS)
     parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
     parser.add_argument("--rescale", default="auto", choices=RESCALE_MODES,
                         help="apply the CSV slope/intercept: auto (detect HU), always, never")
     parser.add_argument("--skip-bad", action="store_true", help="log and skip bad volumes instead of stopping")
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         ds = CTRateDataset(args.src, args.split, args.size, args.rescale, args.skip_bad)

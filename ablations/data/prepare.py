@@ -25,6 +25,7 @@ from ablations.data.errors import DataError
 from ablations.data.layout import SPLITS, Layout
 from ablations.data.resample import TARGET_SPACING
 from ablations.data.shards import write_shard
+from bench.config import parse_with_config
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def prepare_split(src: "str | Path", out: "str | Path", split: str, size: str = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--src", required=True, type=Path, help="folder holding dataset/ (or the dataset/ folder)")
     parser.add_argument("--out", required=True, type=Path, help="shard folder; one subfolder per split")
     parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--rescale", default="auto", choices=["auto", "always", "never"])
     parser.add_argument("--skip-bad", action="store_true", help="log and skip bad volumes, count them at the end")
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         layout = Layout.find(args.src)

@@ -33,6 +33,7 @@ from ablations.data.layout import Layout, VolumeId
 from ablations.data.phantom import render_scan
 from ablations.data.reports import write_report
 from ablations.data.resample import TARGET_SPACING, target_shape
+from bench.config import parse_with_config
 
 NOMINAL_FOV_MM = 360.0  # the paper crop: 480 x 0.75 mm; smaller sizes get a scaled-down chest
 INTERCEPT = -1024.0
@@ -142,8 +143,9 @@ def generate_dataset(out: "str | Path", n: int, size: str = "tiny", seed: int = 
     return layout
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--out", required=True, type=Path, help="folder to create; volumes go to OUT/dataset/...")
     parser.add_argument("--n", type=int, default=200, help="number of volumes (default 200)")
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "paper"],
@@ -151,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of patients in the valid split")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
     layout = generate_dataset(args.out, args.n, args.size, args.seed, args.valid_fraction, args.workers)
