@@ -70,7 +70,6 @@ def main(argv: "list[str] | None" = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m ablations.infer", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--checkpoint", type=Path, required=True, help="last.pt written by ablations.run")
     p.add_argument("--volume", type=Path, required=True, help="a CT volume (.nii.gz)")
     p.add_argument("--prompts", nargs="+", default=None, help="pathology names (default: the 18 CT-RATE labels)")

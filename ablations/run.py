@@ -162,8 +162,6 @@ def compare_with_baseline(result: AccuracyResult, rows: list[dict], out: Path, s
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win), "
-                                    "e.g. configs/acc-tiny.yaml")
     p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
     p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for rows, curves, checkpoints")
     p.add_argument("--design", default=None, help="paper | ofat | loo | full (bench.design)")

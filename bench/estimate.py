@@ -263,7 +263,6 @@ def breakdown_table(result: Result) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.estimate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--design", choices=DESIGNS, default="paper")
     p.add_argument("--size", choices=list(SIZES), default="paper")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2")

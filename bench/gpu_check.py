@@ -242,7 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--dry-run", action="store_true", help="every step on the CPU at tiny size (CI)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: reports/gpu/<gpu-name>; with --dry-run results/gpu_check-dry-run)")

@@ -129,7 +129,6 @@ def compare(current: Run, baseline: Run, fields: tuple[str, ...], threshold_pct:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.perf_gate", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--storage", type=Path, default=Path(".benchmarks"),
                    help="pytest-benchmark storage folder (--benchmark-storage), searched recursively")
     p.add_argument("--current", type=Path, help="the run to check (default: the newest JSON in --storage)")

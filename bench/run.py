@@ -41,7 +41,6 @@ GPU_DEFAULTS = {"size": "paper", "precision": "bf16", "warmup": 5, "warmup_time"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     p.add_argument("--matrix", action="store_true", help="run the efficiency matrix")
     p.add_argument("--design", choices=DESIGNS, default="paper",
                    help="paper: the seed's 4 rows; ofat: faithful + every single change; loo: modern minus one "

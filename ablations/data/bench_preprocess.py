@@ -25,7 +25,6 @@ from bench.config import parse_with_config
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.bench_preprocess",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
     parser.add_argument("--n", type=int, default=3, help="volumes to generate and time (default 3)")
     parser.add_argument("--src", type=Path, help="an existing CT-RATE tree to read instead of generating one")

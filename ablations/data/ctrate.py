@@ -167,7 +167,6 @@ def collate(samples: list["Sample | None"]) -> Batch:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.ctrate",
                                      description="Check a CT-RATE tree: read and preprocess every volume of a split.")
-    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--src", required=True, type=Path, help="folder holding dataset/ (or the dataset/ folder)")
     parser.add_argument("--split", default="valid", choices=SPLITS)
     parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])

@@ -87,7 +87,6 @@ def prepare_split(src: "str | Path", out: "str | Path", split: str, size: str = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--src", required=True, type=Path, help="folder holding dataset/ (or the dataset/ folder)")
     parser.add_argument("--out", required=True, type=Path, help="shard folder; one subfolder per split")
     parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])

@@ -145,7 +145,6 @@ def generate_dataset(out: "str | Path", n: int, size: str = "tiny", seed: int = 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file whose keys are these flags (explicit flags win)")
     parser.add_argument("--out", required=True, type=Path, help="folder to create; volumes go to OUT/dataset/...")
     parser.add_argument("--n", type=int, default=200, help="number of volumes (default 200)")
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "paper"],

@@ -13,7 +13,6 @@ from bench.config import ConfigError, load_config, parse_with_config
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="demo")
-    p.add_argument("--config")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--variants", nargs="+", default=None)
     p.add_argument("--seed-list", type=int, nargs="*", default=None)
@@ -37,11 +36,11 @@ def test_values_match_the_same_flags_on_the_command_line(tmp_path):
                             "protocols: clean\nonly: {vq: off, attention: [math, sdpa]}\nsize-set: text_dropout=0\n"
                             "resume: true\nlr: 1.0e-4\nquiet: true\n")
     from_file = parse_with_config(_parser(), ["--config", cfg])
-    from_flags = _parser().parse_args(["--config", cfg, "--data", "d", "--variants", "faithful", "modern,loss=softmax",
+    from_flags = _parser().parse_args(["--data", "d", "--variants", "faithful", "modern,loss=softmax",
                                        "--seed-list", "0", "2", "--protocols", "clean", "--only", "vq=off",
                                        "--only", "attention=math,sdpa", "--size-set", "text_dropout=0",
                                        "--resume", "--lr", "1e-4", "--quiet"])
-    assert vars(from_file) == vars(from_flags)
+    assert vars(from_file) == dict(vars(from_flags), config=cfg)  # parse_with_config adds --config
     assert from_file.seed_list == [0, 2] and from_file.data == Path("d") and from_file.resume == "latest"
 
 
