@@ -32,6 +32,11 @@ def test_there_are_configs():
     assert len(CONFIGS) >= 5
 
 
+def _design_cells(values: dict) -> list:
+    """The cells a bench.run or bench.estimate config asks for, as bench.design expands them."""
+    return expand(values["design"], values.get("only", []), values.get("exclude", []), values.get("precision"))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_is_valid_for_its_command(path, capsys, tmp_path):
     module = importlib.import_module(_command(path))
@@ -39,11 +44,10 @@ def test_config_is_valid_for_its_command(path, capsys, tmp_path):
     values = load_config(path, parser)  # raises ConfigError on an unknown key or a bad value
     if module.__name__ == "bench.run":
         assert module.main(["--config", str(path), "--list", "--device", "cpu"]) == 0
-        n_cells = len(expand(values["design"], values.get("only", []), values.get("exclude", []),
-                             values.get("precision")))
+        n_cells = len(_design_cells(values))
         assert f"design {values['design']}, {n_cells} cells" in capsys.readouterr().err
     elif module.__name__ == "bench.estimate":
-        assert expand(values["design"], values.get("only", []), values.get("exclude", []), values.get("precision"))
+        assert _design_cells(values)
         get_size(values["size"])
     elif module.__name__ == "ablations.run":
         extra = [] if "data" in values else ["--data", "CT-RATE"]  # a file may leave --data to the user
