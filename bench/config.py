@@ -112,9 +112,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     """Parse argv, letting `--config FILE` supply defaults that explicit flags override.
 
     The parser gets its `--config` flag here, so every command that parses this way offers it."""
-    if "config" not in {a.dest for a in parser._actions}:
-        parser.add_argument("--config", metavar="FILE.yaml",
-                            help="YAML file whose keys are these flags (explicit flags win); see configs/")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML file whose keys are these flags (explicit flags win); see configs/")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
