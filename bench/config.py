@@ -38,8 +38,7 @@ def _word(value: Any) -> str:
 def _item(action: argparse.Action, value: Any, where: str) -> Any:
     """One value as argparse would have it from the command line: typed, then checked against choices."""
     if isinstance(value, bool) and action.type is not None:
-        # YAML turns `on`/`off` into booleans; pass them back as the words argparse would see.
-        value = "on" if value else "off"
+        value = _word(value)  # the word argparse would have seen, for its type to convert
     try:
         converted = action.type(value) if action.type is not None else value
     except (TypeError, ValueError) as exc:
