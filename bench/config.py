@@ -37,10 +37,11 @@ def _word(value: Any) -> str:
 
 def _item(action: argparse.Action, value: Any, where: str) -> Any:
     """One value as argparse would have it from the command line: typed, then checked against choices."""
-    if isinstance(value, bool) and action.type is not None:
-        value = _word(value)  # the word argparse would have seen, for its type to convert
+    # YAML reads 16, 1.5, on and dates as non-strings; argparse's types and choices see the word a user
+    # would have typed, so `steps: 1.5` fails as `--steps 1.5` does instead of int(1.5) quietly giving 1.
+    word = _word(value)
     try:
-        converted = action.type(value) if action.type is not None else value
+        converted = action.type(word) if action.type is not None else word
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(action.type, '__name__', 'value')} ({exc})")
     if action.choices is not None and converted not in action.choices:
@@ -63,7 +64,7 @@ def _items(action: argparse.Action, value: Any, where: str) -> list[Any]:
             raise ConfigError(f"{where} must be a value or a list of values, got {value!r}")
     if action.nargs == "+" and not values:
         raise ConfigError(f"{where} needs at least one value")
-    return [_item(action, v if action.type is not None else _word(v), where) for v in values]
+    return [_item(action, v, where) for v in values]
 
 
 def _coerce(action: argparse.Action, key: str, value: Any, source: str) -> Any:

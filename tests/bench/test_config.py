@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size-set", nargs="*", default=[])
     p.add_argument("--resume", nargs="?", const="latest", default=None)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -52,12 +54,21 @@ def test_the_command_line_wins_and_a_required_flag_may_come_from_the_file(tmp_pa
     assert args.data == Path("from-flag")
 
 
+def test_a_yaml_number_or_date_is_the_word_written_as_on_the_command_line(tmp_path):
+    cfg = _config(tmp_path, "data: d\nout: 2026-11-29\nsteps: 16\nsize-set: [7]\n")
+    from_file = parse_with_config(_parser(), ["--config", cfg])
+    from_flags = _parser().parse_args(["--data", "d", "--out", "2026-11-29", "--steps", "16", "--size-set", "7"])
+    assert vars(from_file) == dict(vars(from_flags), config=cfg)
+    assert from_file.out == "2026-11-29" and from_file.steps == 16
+
+
 @pytest.mark.parametrize("text, needle", [
     ("protocols: [ctclip, roc]\n", "'roc' is not one of ctclip, clean"),
     ("seed-list: [0, one]\n", "key 'seed-list': 'one' is not a valid int"),
     ("variants: []\n", "key 'variants' needs at least one value"),
     ("variants: [{a: 1}]\n", "key 'variants' must be a value or a list of values"),
     ("lr: [1, 2]\n", "key 'lr' must be a single value"),
+    ("steps: 1.5\n", "key 'steps': 1.5 is not a valid int"),
     ("quiet: yes please\n", "key 'quiet' must be true or false"),
 ])
 def test_bad_values_name_their_key(tmp_path, text, needle):
