@@ -142,8 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse_with_config(parser, argv)
+    args = parse_with_config(build_parser(), argv)
     fields = tuple(args.fields or DEFAULT_FIELDS)
     try:
         runs = saved_runs(args.storage) if args.storage.exists() else []
