@@ -67,6 +67,7 @@ def metadata_scaling(volume: Path) -> tuple["float | None", "float | None"]:
 
 def main(argv: "list[str] | None" = None) -> int:
     from ablations.data.labels import ABNORMALITIES
+    from ablations.data.volume_io import RESCALE_MODES
 
     p = argparse.ArgumentParser(prog="python -m ablations.infer", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -78,7 +79,7 @@ def main(argv: "list[str] | None" = None) -> int:
     p.add_argument("--slope", type=float, default=None,
                    help="RescaleSlope (default: from the metadata CSV of the CT-RATE tree holding the volume)")
     p.add_argument("--intercept", type=float, default=None, help="RescaleIntercept from the metadata CSV, if any")
-    p.add_argument("--rescale", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--rescale", choices=RESCALE_MODES, default="auto")
     p.add_argument("--device", default="cpu")
     args = parse_with_config(p, argv)
     for path, flag in ((args.checkpoint, "--checkpoint"), (args.volume, "--volume")):

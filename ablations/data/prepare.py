@@ -25,6 +25,7 @@ from ablations.data.errors import DataError
 from ablations.data.layout import SPLITS, Layout
 from ablations.data.resample import TARGET_SPACING
 from ablations.data.shards import write_shard
+from ablations.data.volume_io import RESCALE_MODES
 from bench.config import parse_with_config
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="all", choices=[*SPLITS, "all"])
     parser.add_argument("--per-shard", type=int, default=128, help="samples per shard (default 128, as MODERN)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument("--rescale", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--rescale", default="auto", choices=RESCALE_MODES)
     parser.add_argument("--skip-bad", action="store_true", help="log and skip bad volumes, count them at the end")
     args = parse_with_config(parser, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
