@@ -19,16 +19,18 @@ from pathlib import Path
 
 import torch
 
+from ablations.data.layout import SPLITS
+from ablations.data.resample import VOLUME_SIZES
 from bench.config import parse_with_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.bench_preprocess",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
+    parser.add_argument("--size", default="paper", choices=VOLUME_SIZES)
     parser.add_argument("--n", type=int, default=3, help="volumes to generate and time (default 3)")
     parser.add_argument("--src", type=Path, help="an existing CT-RATE tree to read instead of generating one")
-    parser.add_argument("--split", default="train", choices=["train", "valid"])
+    parser.add_argument("--split", default="train", choices=SPLITS)
     args = parse_with_config(parser, argv)
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ablations.data.errors import DataError
 from ablations.data.labels import ABNORMALITIES
 from ablations.data.layout import METADATA_COLUMNS, REPORT_COLUMNS, SPLITS, Layout
-from ablations.data.resample import preprocess_hu, target_shape
+from ablations.data.resample import VOLUME_SIZES, preprocess_hu, target_shape
 from ablations.data.volume_io import RESCALE_MODES, read_volume
 from bench.config import parse_with_config
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Check a CT-RATE tree: read and preprocess every volume of a split.")
     parser.add_argument("--src", required=True, type=Path, help="folder holding dataset/ (or the dataset/ folder)")
     parser.add_argument("--split", default="valid", choices=SPLITS)
-    parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
+    parser.add_argument("--size", default="paper", choices=VOLUME_SIZES)
     parser.add_argument("--rescale", default="auto", choices=RESCALE_MODES,
                         help="apply the CSV slope/intercept: auto (detect HU), always, never")
     parser.add_argument("--skip-bad", action="store_true", help="log and skip bad volumes instead of stopping")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ablations.data.ctrate import CTRateDataset
 from ablations.data.errors import DataError
 from ablations.data.layout import SPLITS, Layout
-from ablations.data.resample import TARGET_SPACING
+from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES
 from ablations.data.shards import write_shard
 from ablations.data.volume_io import RESCALE_MODES
 from bench.config import parse_with_config
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, type=Path, help="folder holding dataset/ (or the dataset/ folder)")
     parser.add_argument("--out", required=True, type=Path, help="shard folder; one subfolder per split")
-    parser.add_argument("--size", default="paper", choices=["tiny", "small", "paper"])
+    parser.add_argument("--size", default="paper", choices=VOLUME_SIZES)
     parser.add_argument("--split", default="all", choices=[*SPLITS, "all"])
     parser.add_argument("--per-shard", type=int, default=128, help="samples per shard (default 128, as MODERN)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")

@@ -16,6 +16,8 @@ from models.variant import get_size
 TARGET_SPACING: tuple[float, float, float] = (1.5, 0.75, 0.75)  # (z, y, x) mm
 HU_MIN, HU_MAX = -1000.0, 1000.0
 PAD_VALUE = -1.0
+# The named sizes the data commands offer: one per distinct volume shape (paper16 reads paper's volumes).
+VOLUME_SIZES: tuple[str, ...] = ("tiny", "small", "paper")
 
 
 def target_shape(size: str) -> tuple[int, int, int]:

@@ -32,7 +32,7 @@ from ablations.data.labels import ABNORMALITIES, sample_labels
 from ablations.data.layout import Layout, VolumeId
 from ablations.data.phantom import render_scan
 from ablations.data.reports import write_report
-from ablations.data.resample import TARGET_SPACING, target_shape
+from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES, target_shape
 from bench.config import parse_with_config
 
 NOMINAL_FOV_MM = 360.0  # the paper crop: 480 x 0.75 mm; smaller sizes get a scaled-down chest
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablations.data.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to create; volumes go to OUT/dataset/...")
     parser.add_argument("--n", type=int, default=200, help="number of volumes (default 200)")
-    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "paper"],
+    parser.add_argument("--size", default="tiny", choices=VOLUME_SIZES,
                         help="model size whose crop the phantoms are made for (default tiny)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of patients in the valid split")
