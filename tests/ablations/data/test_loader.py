@@ -12,8 +12,9 @@ from ablations.data import ctrate
 from ablations.data.ctrate import CTRateDataset, clean_text, collate
 from ablations.data.errors import DataError
 from ablations.data.layout import Layout
-from ablations.data.resample import preprocess_hu
+from ablations.data.resample import VOLUME_SIZES, preprocess_hu, target_shape
 from ablations.data.volume_io import read_volume
+from models.variant import SIZES
 
 
 def test_reads_generated_tree(tiny_tree):
@@ -29,6 +30,13 @@ def test_reads_generated_tree(tiny_tree):
     labels = pd.read_csv(Layout.find(tiny_tree).labels_csv("train")).set_index("VolumeName")
     assert batch.labels[0].tolist() == labels.loc[batch.names[0] + ".nii.gz"].tolist()
     assert set(meta["StorageMode"]) >= {"raw"}
+
+
+def test_volume_sizes_name_each_model_input_shape_once():
+    # The data commands offer VOLUME_SIZES; a model size with a new input shape must be offered too.
+    shapes = [target_shape(name) for name in VOLUME_SIZES]
+    assert len(set(shapes)) == len(shapes)
+    assert set(shapes) == {target_shape(name) for name in SIZES}
 
 
 def _write(path, data_dhw, spacing, slope_inter=None):
