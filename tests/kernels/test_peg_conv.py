@@ -32,6 +32,11 @@ def conv3d_peg(grid, weight, bias):
     return conv3d(grid, conv)
 
 
+def conv3d_rounds_like_onednn() -> bool:
+    """Whether bf16 Conv3d here is cuDNN or oneDNN, which sum in fp32 and round only the results."""
+    return DEVICE == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def triton_peg(grid, weight, bias):
     from kernels.peg_conv import triton_peg_conv
 
@@ -85,9 +90,13 @@ def test_bf16_autocast_matches_fp64_conv3d(shape):
     assert out.dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in grads)
     # It rounds where the Conv3d path does (x, w and bias to bf16 before the products; the output, dx and
     # dw to bf16), so only the order of the fp32 sums can tell them apart: almost every value is equal
-    # (all of them on CPU; without the input's rounding a third of the outputs differ).
+    # (all of them on oneDNN; without the input's rounding a third of the outputs differ). A CPU without
+    # oneDNN bf16 (AVX2 only) runs Conv3d's backward as slow_conv3d, which is less accurate than the
+    # kernel (dx max error 4.4e-2 against 2.5e-2 on the first grid, measured), so there only the output
+    # is compared; check() above bounds every gradient against fp64 either way.
     conv_out, conv_grads = run(conv3d_peg, x, weight, bias, dout, torch.float32, autocast=True)
-    for name, got, expected in zip(("out", "dx", "dweight", "dbias"), (out, *grads), (conv_out, *conv_grads)):
+    compared = ("out", "dx", "dweight", "dbias") if conv3d_rounds_like_onednn() else ("out",)
+    for name, got, expected in zip(compared, (out, *grads), (conv_out, *conv_grads)):
         differing = (got != expected).float().mean().item()
         assert differing <= 0.01, f"{name}: {differing:.1%} of the values differ from the Conv3d path's"
 
