@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -252,13 +253,17 @@ JOB_HALVES = (("90:fp32", "90:fp16"), ("90:bf16", "80:bf16"))
 def test_kernels_compile_to_cubin_for_sm80_and_sm90():
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, *half], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for half in JOB_HALVES]
-    counts = []
-    for half, worker in zip(JOB_HALVES, workers):
-        stdout, stderr = worker.communicate(timeout=600)
-        assert worker.returncode == 0, (half, stderr[-3000:])
-        counts.append(int(stdout.split("compiled ")[-1]))
+
+    def compile_half(half: tuple[str, ...]) -> subprocess.CompletedProcess:
+        # subprocess.run kills its child on timeout; each thread waits on one process.
+        return subprocess.run([sys.executable, "-c", SCRIPT, *half], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    with ThreadPoolExecutor(len(JOB_HALVES)) as pool:
+        done = list(pool.map(compile_half, JOB_HALVES))
+    for half, run in zip(JOB_HALVES, done):
+        assert run.returncode == 0, (half, run.stderr[-3000:])
+    counts = [int(run.stdout.split("compiled ")[-1]) for run in done]
     assert all(counts) and sum(counts) == 325, counts
 
 
