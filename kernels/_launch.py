@@ -32,6 +32,13 @@ def num_warps(tile_elements: int) -> int:
     return max(4, min(16, tile_elements // 512))
 
 
+def input_precision(operand_dtype: torch.dtype) -> str:
+    """tl.dot's input_precision for the matmul kernels. Only fp32 operands are affected: IEEE products, as
+    torch's default matmul precision ("highest"); bf16 and fp16 products are exact in the fp32 accumulator
+    whatever this says."""
+    return "ieee" if operand_dtype == torch.float32 else "tf32"
+
+
 def rows_per_tile(block_n: int, n_rows: int) -> int:
     return max(1, min(TILE_ELEMENTS // block_n, next_pow2(max(n_rows, 1))))
 

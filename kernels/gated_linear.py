@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels._launch import as_rows, check_float, interpreting, next_pow2, output_buffer
+from kernels._launch import as_rows, check_float, input_precision, interpreting, next_pow2, output_buffer
 from kernels.rmsnorm import SUM_ROUNDING, rounded
 from kernels.swiglu import ACTIVATIONS, gate_backward, gate_forward
 
@@ -140,10 +140,8 @@ def blocks(n_rows: int, n_cols: int, n_reduce: int, device: torch.device) -> tup
 
 
 def _flags(operand_dtype: torch.dtype, activation: str) -> dict:
-    # fp32 operands multiply in IEEE fp32, as torch's default matmul precision does; bf16 and fp16
-    # products are exact in the fp32 accumulator whatever this says.
     return dict(GEGLU=activation == "geglu", ROUNDING=SUM_ROUNDING[operand_dtype],
-                INPUT_PRECISION="ieee" if operand_dtype == torch.float32 else "tf32", HALF_DOT=not INTERPRETED)
+                INPUT_PRECISION=input_precision(operand_dtype), HALF_DOT=not INTERPRETED)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, activation: str, what: str) -> None:

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels._launch import check_float, interpreting, next_pow2, output_buffer
+from kernels._launch import check_float, input_precision, interpreting, next_pow2, output_buffer
 from kernels.rmsnorm import SUM_ROUNDING, rounded
 
 # Whether the kernels below were defined for the interpreter (read by kernels.supports).
@@ -127,12 +127,6 @@ def split_k(k_tiles: int, output_tiles: int, programs: int) -> tuple[int, int]:
     return per_program, triton.cdiv(k_tiles, per_program)
 
 
-def _input_precision(operand_dtype: torch.dtype) -> str:
-    # Only fp32 operands are affected: IEEE products, as torch's default matmul precision ("highest").
-    # bf16 and fp16 products are exact in the fp32 accumulator whatever this says.
-    return "ieee" if operand_dtype == torch.float32 else "tf32"
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor, operand_dtype: torch.dtype) -> None:
     check_float(x, "skinny linear input")
     check_float(weight, "skinny linear weight")
@@ -154,7 +148,7 @@ def _launch_config(device: torch.device, n_out: int, operand_dtype: torch.dtype
     here takes) for an output of width n_out."""
     block_n, block_k, warps = _blocks(device)
     return (MIN_BLOCK, max(MIN_BLOCK, min(block_n, next_pow2(n_out))), block_k,
-            dict(ROUNDING=SUM_ROUNDING[operand_dtype], INPUT_PRECISION=_input_precision(operand_dtype),
+            dict(ROUNDING=SUM_ROUNDING[operand_dtype], INPUT_PRECISION=input_precision(operand_dtype),
                  HALF_DOT=not INTERPRETED, num_warps=warps))
 
 

@@ -28,6 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels import (_launch, gated_linear, patch_norm, peg_conv, qknorm_rope, rmsnorm, skinny_linear, swiglu,
                      vq_nearest)
+from kernels.bench import DTYPES
 
 # Shared memory a block may use (bytes): 227 KB on Hopper, 163 KB on the A100. A kernel over it compiles
 # but fails at launch, so the check belongs here.
@@ -47,10 +48,15 @@ def row_col_args(n_cols):
         return {"n_rows": "i32"}, {"n_cols": 1}
     return {"n_rows": "i32", "n_cols": "i32"}, {}
 
+def rounding_code(dt):
+    """The ROUNDING / SUM_ROUNDING constexpr the launchers pass for a Triton dtype name."""
+    return rmsnorm.SUM_ROUNDING[DTYPES[dt]]
+
 count = 0
 # The (arch, dtype) jobs to compile, from argv: every dtype for Hopper, bf16 (the dtype Ampere adds) for sm_80.
 for arch, dt in (job.split(":") for job in sys.argv[1:]):
     target = GPUTarget("cuda", int(arch), 32)
+    rounding = rounding_code(dt)  # how the kernels round `dt` operands held in fp32
     for rows, width in ((13824 * 4, 512), (64, 1), (3, 1365)):
         bn = rmsnorm._block_n(width)
         bm = _launch.rows_per_tile(bn, rows)
@@ -83,7 +89,7 @@ for arch, dt in (job.split(":") for job in sys.argv[1:]):
                       "SUM": f"*{stream}", "SUM_COPY": f"*{dt}", "stride_x": "i32", "stride_y": "i32",
                       "stride_branch": "i32", **ints, "eps": "fp32"},
                      {**const_cols, "BLOCK_M": bm, "BLOCK_N": bn, "EPS_INSIDE": True, "ADD_BRANCH": True,
-                      "SUM_ROUNDING": {"fp32": 0, "bf16": 1, "fp16": 2}[stream], "WRITE_SUM_COPY": True},
+                      "SUM_ROUNDING": rounding_code(stream), "WRITE_SUM_COPY": True},
                      _launch.num_warps(bm * bn), target)
             count += 1
         compile_(rmsnorm._rmsnorm_bwd_kernel,
@@ -153,7 +159,6 @@ for arch, dt in (job.split(":") for job in sys.argv[1:]):
     for shape in ((4, 24, 24, 24, 512), (4, 3, 5, 5, 32)):
         positions = shape[0] * shape[1] * shape[2] * shape[3]
         bp, bc = peg_conv._blocks(positions, shape[4], torch.device("cuda"))
-        rounding = {"fp32": 0, "bf16": 1, "fp16": 2}[dt]
         for stream in ("fp32", dt):
             strides = lambda *names: {f"{n}_{axis}": "i32" for n in names for axis in "b012"}
             # Plain, and with the residual add fused (kernels/peg_add_conv.py) where the model uses it:
@@ -166,7 +171,7 @@ for arch, dt in (job.split(":") for job in sys.argv[1:]):
                           "X_COPY": f"*{dt}", "BRANCH": f"*{dt}", "SUM": f"*{stream}", **grid_ints,
                           **strides("sx", "so", "sbr")},
                          {"BLOCK_P": bp, "BLOCK_C": bc, "ROUNDING": rounding, "WRITE_X_COPY": stream != dt,
-                          "ADD_BRANCH": add, "SUM_ROUNDING": {"fp32": 0, "bf16": 1, "fp16": 2}[stream]},
+                          "ADD_BRANCH": add, "SUM_ROUNDING": rounding_code(stream)},
                          4, target)
                 compile_(peg_conv._peg_bwd_kernel,
                          {"DOUT": f"*{dt}", "X": f"*{dt}", "W": "*fp32", "DX": f"*{stream}",
@@ -198,8 +203,7 @@ for arch, dt in (job.split(":") for job in sys.argv[1:]):
         count += 1
     # The latent projections at the paper's image (4 x 294,912 -> 512) and text (4 x 768 -> 512) shapes:
     # fp32 inputs and weight, `dt` operands rounded in registers, split over K for a 132-SM GPU.
-    rounding = {"fp32": 0, "bf16": 1, "fp16": 2}[dt]
-    precision = "ieee" if dt == "fp32" else "tf32"
+    precision = _launch.input_precision(DTYPES[dt])
     bn, bk, warps = skinny_linear._blocks(torch.device("cuda"))
     for rows, k, n in ((4, 294912, 512), (4, 768, 512)):
         k_tiles, _ = skinny_linear.split_k(-(-k // bk), -(-n // bn), 4 * 132)
