@@ -202,24 +202,26 @@ for arch, dt in (job.split(":") for job in sys.argv[1:]):
             count += 1
         count += 1
     # The latent projections at the paper's image (4 x 294,912 -> 512) and text (4 x 768 -> 512) shapes:
-    # fp32 inputs and weight, `dt` operands rounded in registers, split over K for a 132-SM GPU.
-    precision = _launch.input_precision(DTYPES[dt])
-    bn, bk, warps = skinny_linear._blocks(torch.device("cuda"))
+    # fp32 inputs and weight, `dt` operands rounded in registers, split over K for a 132-SM GPU, with the
+    # blocks and constexprs the launcher passes.
     for rows, k, n in ((4, 294912, 512), (4, 768, 512)):
+        bm, bn, bk, launch = skinny_linear._launch_config(torch.device("cuda"), n, DTYPES[dt])
+        warps = launch.pop("num_warps")
         k_tiles, _ = skinny_linear.split_k(-(-k // bk), -(-n // bn), 4 * 132)
         dims = {"n_rows": "i32", "n_out": "i32", "n_in": "i32"}
-        flags = {"BLOCK_K": bk, "ROUNDING": rounding, "INPUT_PRECISION": precision, "HALF_DOT": True}
+        flags = {"BLOCK_K": bk, **launch}
         compile_(skinny_linear._forward_kernel,
                  {"X": "*fp32", "W": "*fp32", "PARTIAL": "*fp32", **dims, "stride_x": "i32", "stride_w": "i32"},
-                 {"K_TILES": k_tiles, "BLOCK_M": 16, "BLOCK_N": bn, **flags}, warps, target)
+                 {"K_TILES": k_tiles, "BLOCK_M": bm, "BLOCK_N": bn, **flags}, warps, target)
         # The gradient kernel twice, as the launcher calls it: dx = dy @ W, then dW = dy^T @ x (dy's unit
         # stride specialised to a constexpr on the side it is read along).
         grad = {"A": f"*{dt}", "B": "*fp32", "OUT": "*fp32", "n_p": "i32", "n_r": "i32", "n_in": "i32",
                 "stride_b": "i32"}
         compile_(skinny_linear._gradient_kernel, {**grad, "stride_a_p": "i32"},
-                 {"stride_a_r": 1, "R_TILES": -(-n // bn), "BLOCK_P": 16, "BLOCK_R": bn, **flags}, warps, target)
+                 {"stride_a_r": 1, "R_TILES": -(-n // bn), "BLOCK_P": bm, "BLOCK_R": bn, **flags}, warps, target)
         compile_(skinny_linear._gradient_kernel, {**grad, "stride_a_r": "i32"},
-                 {"stride_a_p": 1, "R_TILES": 1, "BLOCK_P": bn, "BLOCK_R": 16, **flags}, warps, target)
+                 {"stride_a_p": 1, "R_TILES": -(-rows // bm), "BLOCK_P": bn, "BLOCK_R": bm, **flags}, warps,
+                 target)
         count += 3
     # The feed-forward's fused matmuls at the paper's shape (55,296 x 512, F = 1365) and the tiny
     # model's (dim 32, F = 85), both gates, with the block sizes the launcher picks on a GPU.
@@ -228,21 +230,21 @@ for arch, dt in (job.split(":") for job in sys.argv[1:]):
         ints, const_cols = row_col_args(inner)
         # Both kernels reduce over dim (the up projection's input, the down projection's output).
         bm, bn, bk, warps = gated_linear.blocks(rows, inner, dim, torch.device("cuda"))
-        flags = {"K_TILES": -(-dim // bk), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
-                 "ROUNDING": rounding, "INPUT_PRECISION": precision, "HALF_DOT": True, **const_cols}
+        blocks = {"K_TILES": -(-dim // bk), "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, **const_cols}
         for forward in (True, False):
-            for geglu in (False, True):
+            for activation in swiglu.ACTIVATIONS:
+                flags = {**blocks, **gated_linear._flags(DTYPES[dt], activation)}
                 if forward:
                     compile_(gated_linear._gated_up_kernel,
                              {"X": f"*{dt}", "W1": f"*{dt}", "W2": f"*{dt}", "GU": f"*{dt}", "H": f"*{dt}", **ints,
                               "n_in": "i32",
                               **{f"stride_{n}": "i32" for n in ("x", "w", "gu", "h")}},
-                             {**flags, "GEGLU": geglu}, warps, target)
+                             flags, warps, target)
                 else:
                     compile_(gated_linear._gated_down_grad_kernel,
                              {"DOUT": f"*{dt}", "W": f"*{dt}", "GU": f"*{dt}", "DGU": f"*{dt}", **ints,
                               "n_out": "i32", **{f"stride_{n}": "i32" for n in ("dout", "w", "gu", "dgu")}},
-                             {**flags, "GEGLU": geglu}, warps, target)
+                             flags, warps, target)
                 count += 1
 print("compiled", count)
 '''
@@ -288,8 +290,8 @@ for forward in (True, False):
         fn, names = gated_linear._gated_down_grad_kernel, ("DOUT", "W", "GU", "DGU", "n_rows", "n_cols", "n_out",
                                                            "stride_dout", "stride_w", "stride_gu", "stride_dgu")
     signature = {n: ("*bf16" if n.isupper() else "i32") for n in names}
-    flags = {"K_TILES": 512 // bk, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GEGLU": False, "ROUNDING": 1,
-             "INPUT_PRECISION": "tf32", "HALF_DOT": True}
+    flags = {"K_TILES": 512 // bk, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+             **gated_linear._flags(torch.bfloat16, "swiglu")}
     signature.update({k: "constexpr" for k in flags})
     # What a launch at the paper's shape specialises: 16-byte-aligned tensors, 55,296 rows, a reduction
     # of 512 and its stride; not F = 1365 or the strides of the [rows, 2F] and [rows, F] outputs.
