@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ablations.data.geometry import Vec3
+from ablations.data.geometry import Vec3, clip01
 
 LOBES: tuple[str, ...] = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe",
                           "left lower lobe")
@@ -103,8 +103,8 @@ class Anatomy:
     def cavity_scale(self, z: np.ndarray) -> np.ndarray:
         """How much of the full cavity width remains at height z (1 below the apex taper, 0 above the apex)."""
         start = self.z_top - 55.0
-        t = np.clip((z - start) / 55.0, 0.0, 1.0)
-        return np.sqrt(np.clip(1.0 - t * t, 0.0, 1.0))
+        t = clip01((z - start) / 55.0)
+        return np.sqrt(clip01(1.0 - t * t))
 
     def in_cavity(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         ca, cb = self.cavity_ab
@@ -135,7 +135,7 @@ class Anatomy:
         dome = np.where(x < 0, self.dome_right, self.dome_left)
         zfrac = (z - dome) / (self.z_top - dome)
         # The oblique fissure runs from high posteriorly to low anteriorly.
-        yfrac = np.clip((y - self.body_cy + cb) / (2 * cb), 0.0, 1.0)
+        yfrac = clip01((y - self.body_cy + cb) / (2 * cb))
         above_oblique = zfrac > 0.05 + 0.6 * yfrac
         right = np.where(above_oblique, np.where(zfrac > 0.5, 0, 1), 2)
         left = np.where(above_oblique, 3, 4)

@@ -149,7 +149,7 @@ def _airways_and_vessels(c: Canvas, a: Anatomy, tree: list[Branch]) -> None:
             continue
         p0, p1 = np.array(b.p0), np.array(b.p1)
         d = p1 - p0
-        perp = np.cross(d, [0.0, 0.0, 1.0])
+        perp = np.array([d[1], -d[0], 0.0])  # d x (0, 0, 1), without np.cross's general-case overhead
         if np.linalg.norm(perp) < 1e-6:
             perp = np.array([1.0, 0.0, 0.0])
         offset = perp / np.linalg.norm(perp) * (b.radius * 2.2 + b.wall(a) + 0.5)
