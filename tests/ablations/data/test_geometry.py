@@ -6,7 +6,8 @@ import pytest
 
 from ablations.data.geometry import Canvas, Grid, clip01
 
-GRID = Grid((7, 13, 11), (1.5, 0.7, 0.7), scale=1.3)  # odd sizes: centres are never on 0
+# Odd sizes: each axis has a voxel centre exactly on 0, where a floor or ceil bound is easiest to get wrong.
+GRID = Grid((7, 13, 11), (1.5, 0.7, 0.7), scale=1.3)
 
 
 def reference_coord(grid: Grid, axis: int, index: np.ndarray) -> np.ndarray:
@@ -31,9 +32,9 @@ def test_index_range_matches_numpy_floor_and_ceil():
     rng = np.random.default_rng(0)
     # Python floats and float32 scalars (what capsule passes), including bounds on voxel centres.
     centres = [float(c) for c in GRID.coord(2, slice(None))]
+    n, step = GRID.shape[2], GRID.step(2)
     for lo in list(rng.uniform(-20, 20, 200)) + list(rng.uniform(-20, 20, 50).astype(np.float32)) + centres:
         hi = lo + abs(float(rng.normal(0, 5)))
-        n, step = GRID.shape[2], GRID.step(2)
         start = int(np.floor(lo / step + n / 2.0 - 0.5))
         stop = int(np.ceil(hi / step + n / 2.0 - 0.5)) + 1
         assert GRID.index_range(2, lo, hi) == slice(max(start, 0), min(max(stop, 0), n))
