@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -67,17 +68,23 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(runner_pid: int) -> None:
     """Runs in the forked child before exec: if the sweep is killed, its cell gets SIGKILL instead of
     living on as an orphan (holding a GPU, or hanging forever). Linux only; elsewhere a no-op.
     Done here rather than in the child's main(), because a runner killed during the child's seconds of
-    imports would otherwise leave it orphaned before it could ask."""
+    imports would otherwise leave it orphaned before it could ask.
+
+    `runner_pid` is the runner's pid, read before the fork. The kernel sends the death signal only for
+    a parent that dies after prctl; a runner killed between fork and prctl has already handed the child
+    to another parent, so the child checks for that itself (the remedy prctl(2) gives)."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != runner_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -101,7 +108,7 @@ def run_in_subprocess(spec: CellSpec, log_path: Path) -> Result:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.cell", str(spec_path), str(result_path)],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=partial(_die_with_parent, os.getpid()) if sys.platform.startswith("linux") else None,
             )
             try:
                 returncode = proc.wait(timeout=spec.timeout_s)

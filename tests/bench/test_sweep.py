@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench import store
 from bench import run as bench_run
 from bench.faults import ENV_VAR
@@ -84,6 +86,41 @@ def test_killed_sweep_resumes_without_redoing_or_duplicating(tmp_path):
     assert rows[0].timestamp == first[0].timestamp  # not redone
     assert rows[1].status == "ok"
     assert store.read(path).problems == []
+
+
+# A stand-in runner whose cell pauses between fork and the runner's pre-exec guard, so the test can kill
+# the runner inside the window that PR_SET_PDEATHSIG alone cannot cover.
+_RUNNER_KILLED_BEFORE_PRCTL = """
+import os, subprocess, sys, time
+from bench.runner import _die_with_parent
+runner_pid = os.getpid()
+def guard_once_the_runner_is_gone():
+    os.write(1, b"forked\\n")
+    time.sleep(2.0)
+    _die_with_parent(runner_pid)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], preexec_fn=guard_once_the_runner_is_gone)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_a_cell_forked_just_before_its_runner_dies_does_not_outlive_it(tmp_path):
+    marker = f"CTCLIP_TEST_MARKER={tmp_path}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), CTCLIP_TEST_MARKER=str(tmp_path))
+    runner = subprocess.Popen([sys.executable, "-c", _RUNNER_KILLED_BEFORE_PRCTL], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert runner.stdout.readline() == b"forked\n"
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        deadline = time.time() + 20
+        while _processes_with(marker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _processes_with(marker) == [], "a cell forked before its runner died outlived it"
+    finally:
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+        runner.stdout.close()
 
 
 def test_rounds_run_every_cell_again_in_reverse_order_and_resume_per_round(tmp_path, capsys):
