@@ -139,6 +139,7 @@ def measure(spec: CellSpec) -> Result:
     if reason:
         return base_result(spec, "unsupported", reason=reason, wall_s=time.perf_counter() - started)
     result = base_result(spec, "error")
+    caller_threads = torch.get_num_threads()
     if spec.threads > 0:
         torch.set_num_threads(spec.threads)
     try:
@@ -180,6 +181,8 @@ def measure(spec: CellSpec) -> Result:
     except Exception as exc:  # a cell's failure is data, not a reason to stop
         result.status, result.message = classify_exception(exc)
         result.stages = {}
+    finally:  # bench.run gives each cell a process, but a caller may measure in its own (tests, notebooks)
+        torch.set_num_threads(caller_threads)
     result.timestamp = now()
     result.wall_s = time.perf_counter() - started
     return result

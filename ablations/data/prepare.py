@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 
 def _shard_job(src: str, split: str, size: str, rescale: str, skip_bad: bool, names: list[str], path: str) -> dict:
     """Preprocess one shard's volumes and write it; returns its sidecar record."""
-    import torch
-
-    torch.set_num_threads(1)  # parallelism comes from processes; threads would oversubscribe the cores
     ds = CTRateDataset(src, split, size, rescale, skip_bad=True)
     samples, skipped = [], []
     for name in names:
@@ -50,6 +47,15 @@ def _shard_job(src: str, split: str, size: str, rescale: str, skip_bad: bool, na
     record = {"name": Path(path).name, "samples": len(samples), "skipped": skipped}
     Path(path).with_suffix(".json").write_text(json.dumps(record))
     return record
+
+
+def _one_torch_thread() -> None:
+    """Pool initializer: with workers > 1 the parallelism comes from processes, and torch threads in each
+    would oversubscribe the cores. Set in the workers only, so workers=1 resamples on every core and an
+    in-process caller (a notebook, the tests) keeps its own thread count."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def prepare_split(src: "str | Path", out: "str | Path", split: str, size: str = "paper", per_shard: int = 128,
@@ -69,7 +75,7 @@ def prepare_split(src: "str | Path", out: "str | Path", split: str, size: str = 
                 _shard_job(str(src), split, size, rescale, skip_bad, chunks[i], str(paths[i]))
                 bar.update()
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=_one_torch_thread) as pool:
                 futures = [pool.submit(_shard_job, str(src), split, size, rescale, skip_bad, chunks[i], str(paths[i]))
                            for i in todo]
                 for future in as_completed(futures):

@@ -14,7 +14,9 @@ from models import SIZES, Variant, build, example_batch
 def test_tiny_cell_measures_positive_stages_memory_and_flops():
     spec = CellSpec(variant=Variant.modern().as_dict(), size="tiny", batch=2, device="cpu", threads=1,
                     timing={"warmup": 2, "repeats": 6, "attempts": 1}, host_device={"type": "cpu"})
+    torch.set_num_threads(2)
     result = measure(spec)
+    assert torch.get_num_threads() == 2, "measure() left its cell's thread count on the caller's process"
     assert result.status == "ok", result.message
     assert result.timer == "perf_counter" and len(result.timing_windows) == 1
     for stage in STAGES + ("step",):

@@ -31,8 +31,11 @@ def test_round_trip_resume_and_splitting(tiny_tree, tmp_path):
     before = first.read_bytes()
     first.unlink()
     others = {p: p.stat().st_mtime_ns for p in (out / "train").glob("shard-*.tar")}
+    # The resume runs in this process (workers=1): it must leave the caller's torch threads alone.
+    torch.set_num_threads(2)
     assert prepare.main(["--src", str(tiny_tree), "--out", str(out), "--size", "tiny", "--split", "train",
                          "--per-shard", "1"]) == 0
+    assert torch.get_num_threads() == 2
     assert first.read_bytes() == before
     assert all(p.stat().st_mtime_ns == t for p, t in others.items())
 
