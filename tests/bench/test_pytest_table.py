@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bench import pytest_table
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +56,8 @@ def test_reads_a_file_pytest_benchmark_wrote(tmp_path):
     out = tmp_path / "benchmarks.json"
     done = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_pairs.py"), "-q", "-p",
                            "no:cacheprovider", "--rootdir", str(tmp_path), "--benchmark-enable",
-                           f"--benchmark-json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           f"--benchmark-json={out}"], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-2000:]
     medians = {b["param"]: b["stats"]["median"] for b in json.loads(out.read_text())["benchmarks"]}
     shown = subprocess.run([sys.executable, "-m", "bench.pytest_table", str(out)], cwd=ROOT,

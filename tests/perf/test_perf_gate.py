@@ -4,7 +4,6 @@ saved by pytest-benchmark itself (--benchmark-autosave) so the reader is checked
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import perf_gate
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 2**30
@@ -100,7 +100,7 @@ def test_files_saved_by_pytest_benchmark(tmp_path, second_peak, expected):
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
              str(tmp_path / "test_thing.py"), "--benchmark-autosave", f"--benchmark-storage=file://{storage}"],
-            cwd=tmp_path, env={**os.environ, "FAKE_PEAK": str(peak)}, capture_output=True, text=True, timeout=120)
+            cwd=tmp_path, env=child_env(FAKE_PEAK=str(peak)), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
     assert len(list(storage.rglob("*.json"))) == 2
     gate = subprocess.run([sys.executable, "-m", "bench.perf_gate", "--storage", str(storage)], cwd=ROOT,
@@ -126,6 +126,6 @@ def test_a_run_stopped_inside_a_benchmark_still_saves_the_finished_ones(tmp_path
         [sys.executable, "-m", "pytest", str(tmp_path / "test_stopped.py"), "-p", "tests.perf.conftest",
          "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--benchmark-enable",
          f"--benchmark-json={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]  # pytest's "interrupted"
     assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == ["test_finishes"]
