@@ -11,6 +11,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (scripts/test.sh) each worker takes its share of the cores: with torch's default
+# of a thread per core in every worker, the OpenMP threads outnumber the cores and spin waiting for
+# each other.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _XDIST_WORKERS))
+
 import pytest  # noqa: E402
 
 
@@ -36,6 +43,11 @@ def _seed_and_restore_torch(_torch_process_settings):
 
 
 def pytest_collection_modifyitems(config, items):
+    # scripts/test.sh hands whole files to two pytest-xdist workers in this order: files with a slow
+    # test start first, so the longest (the phantom training, the gpu_check dry run) never start last
+    # and leave one worker idle at the end. The sort is stable: tests keep their order within a file.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -58,6 +58,7 @@ def test_rounds_to_allocator_blocks():
     assert exact.peak_bytes == 1 + 512 + 513
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
     Variant.faithful(),
     Variant.modern().replace(position="rope", checkpointing=True, precision="bf16"),

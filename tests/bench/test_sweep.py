@@ -35,6 +35,7 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_faults_are_recorded_and_the_sweep_finishes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ENV_VAR, f"oom@faithful;crash@loss=siglip;hang@{MODERN_SOFTMAX}")
     assert bench_run.main(["--matrix", "--out", str(tmp_path), "--timeout", "20", *FAST]) == 0
@@ -51,6 +52,7 @@ def test_faults_are_recorded_and_the_sweep_finishes(tmp_path, monkeypatch, capsy
     assert "1 ok, 1 oom, 1 error, 1 timeout" in out and str(path) in out
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_redoing_or_duplicating(tmp_path):
     marker = f"CTCLIP_TEST_MARKER={tmp_path}"
     # TMPDIR: the runner killed below never removes its cell's temporary folder; keep that inside tmp_path.

@@ -171,6 +171,7 @@ def test_gate_in_the_gemm_epilogues_matches_the_separate_gate_kernel(gate, preci
     assert all(grads[name].abs().sum() > 0 for name in grads if ".ff.proj_" in name)
 
 
+@pytest.mark.slow
 def test_checkpointed_fastest_candidate_trains_as_the_plain_one():
     # Checkpointed, the layers with every add fused finish their last add between them (a checkpointed
     # layer keeps its inputs: one stream costs less than a stream and a branch); unchecked, the next
