@@ -23,18 +23,18 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def _torch_process_settings() -> tuple[int, bool, bool]:
-    """torch's process-wide settings as the suite found them, before any test ran."""
+    """torch's process-wide settings as this process found them, before any test ran."""
     return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled())
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_restore_torch(_torch_process_settings):
-    """Seed every test, and put torch's process-wide settings back after it. The suite runs in one
-    process: a test that calls a process-wide setter (seed_everything turns deterministic algorithms on)
-    would otherwise change the kernels and speed of every test after it, and results would depend on
-    the order tests run in. Restored to the suite's start, not the test's, because a module-scoped
-    fixture sets up before this one."""
+    """Seed every test, and put torch's process-wide settings back after it. One process (or each
+    xdist worker) runs many tests: a test that calls a process-wide setter (seed_everything turns
+    deterministic algorithms on) would otherwise change the kernels and speed of every test after it,
+    and results would depend on the order tests run in. Restored to the process's start, not the
+    test's, because a module-scoped fixture sets up before this one."""
     torch.manual_seed(0)
     yield
     threads, deterministic, warn_only = _torch_process_settings
