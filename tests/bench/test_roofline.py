@@ -1,6 +1,5 @@
 """The roofline cost model against hand-computed FLOPs, bytes and times, and inside bench.estimate."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from bench.estimate import estimate_cell
 from bench.gpu_specs import GPU_SPECS, GpuSpec, find_gpu
 from bench.roofline import RooflineMode, accessed_bytes
 from models import Variant, get_size
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Round ceilings so the expected times are easy to state: 100 TFLOP/s bf16, 10 fp32, 50 tf32, 1 TB/s.
@@ -219,7 +219,7 @@ def test_triton_variant_is_estimated_where_its_kernels_cannot_run():
         "print(sorted(n for n in roofline.costs if n.startswith('ctclip_kernels')))\n"
         "print(kernels.supports('cpu'))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(without=("TRITON_INTERPRET",))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -9,13 +9,14 @@ architecture's shared memory (which only a launch would otherwise find out).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -258,7 +259,7 @@ JOB_HALVES = (("90:fp32", "90:fp16"), ("90:bf16", "80:bf16"))
 @pytest.mark.slow
 def test_kernels_compile_to_cubin_for_sm80_and_sm90():
     pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(without=("TRITON_INTERPRET",))
 
     def compile_half(half: tuple[str, ...]) -> subprocess.CompletedProcess:
         # subprocess.run kills its child on timeout; each thread waits on one process.
@@ -309,7 +310,7 @@ def test_the_feed_forward_matmuls_do_not_spill_registers_on_hopper(tmp_path):
     # A GEMM whose accumulators spill to local memory runs far below its tensor-core rate; 128 x 128 tiles
     # of these kernels did (about 1 KB per thread), so the launcher's blocks are checked here.
     pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(without=("TRITON_INTERPRET",))
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # a cached kernel would print no ptxas report
     done = subprocess.run([sys.executable, "-c", SPILL_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)

@@ -3,7 +3,6 @@ importable and whether TRITON_INTERPRET was set are decided once per process."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +10,13 @@ from pathlib import Path
 import torch
 
 import kernels
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def python(code: str, interpret: "str | None") -> str:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(without=("TRITON_INTERPRET",))
     env["CUDA_VISIBLE_DEVICES"] = ""  # the same answers on a GPU machine
     if interpret is not None:
         env["TRITON_INTERPRET"] = interpret

@@ -78,8 +78,8 @@ def dry_run_script(tmp_path_factory):
     (block / "sitecustomize.py").write_text(BLOCK_MISSING)
     env = child_env(PYTHONPATH=os.pathsep.join([str(block), str(ROOT)]), DRY_RUN="1", PYTHON=sys.executable,
                     OUT=str(tmp / "device_out"), GPU_CHECK_WORK=str(tmp / "work"),
-                    CTCLIP_GIT_SHA="0123456789abcdef0123456789abcdef01234567")
-    env.pop("TRITON_INTERPRET", None)  # gpu_check must set it for its own children
+                    CTCLIP_GIT_SHA="0123456789abcdef0123456789abcdef01234567",
+                    without=("TRITON_INTERPRET",))  # gpu_check must set it for its own children
     started = time.monotonic()
     done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
@@ -126,8 +126,7 @@ def test_script_keeps_to_its_total_budget_and_still_returns_what_finished(tmp_pa
     """TOTAL_BUDGET=40: bench.gpu_check is given only what is left of it after the reserves, the run
     ends within the total, and the archive holds the summary and the logs."""
     env = child_env(PYTHONPATH=str(ROOT), DRY_RUN="1", PYTHON=sys.executable, OUT=str(tmp_path / "device_out"),
-                    GPU_CHECK_WORK=str(tmp_path / "work"), TOTAL_BUDGET="40")
-    env.pop("TRITON_INTERPRET", None)
+                    GPU_CHECK_WORK=str(tmp_path / "work"), TOTAL_BUDGET="40", without=("TRITON_INTERPRET",))
     started = time.monotonic()
     done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=200)
