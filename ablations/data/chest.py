@@ -144,21 +144,22 @@ def _great_vessels(c: Canvas, a: Anatomy) -> None:
 
 def _airways_and_vessels(c: Canvas, a: Anatomy, tree: list[Branch]) -> None:
     # Pulmonary arteries run beside their bronchus with about the same calibre (artery:bronchus ~ 1).
-    for b in tree:
-        if b.lobe is None:
-            continue
+    arteries = [b for b in tree if b.lobe is not None]
+    starts, ends = [], []
+    for b in arteries:
         p0, p1 = np.array(b.p0), np.array(b.p1)
         d = p1 - p0
         perp = np.array([d[1], -d[0], 0.0])  # d x (0, 0, 1), without np.cross's general-case overhead
         if np.linalg.norm(perp) < 1e-6:
             perp = np.array([1.0, 0.0, 0.0])
         offset = perp / np.linalg.norm(perp) * (b.radius * 2.2 + b.wall(a) + 0.5)
-        c.capsule(tuple(p0 + offset), tuple(p1 + offset), b.radius, HU[T.VESSEL], T.VESSEL, where=(T.LUNG,))
+        starts.append(p0 + offset)
+        ends.append(p1 + offset)
+    c.capsules(starts, ends, [b.radius for b in arteries], HU[T.VESSEL], T.VESSEL, where=(T.LUNG,))
     walls = (T.LUNG, T.FAT, T.SOFT, T.VESSEL, T.AIRWAY_WALL)
-    for b in tree:
-        c.capsule(b.p0, b.p1, b.lumen(a) + b.wall(a), HU[T.AIRWAY_WALL], T.AIRWAY_WALL, where=walls)
-    for b in tree:
-        c.capsule(b.p0, b.p1, b.lumen(a), HU[T.AIRWAY], T.AIRWAY, where=walls + (T.AIRWAY,))
+    starts, ends = [b.p0 for b in tree], [b.p1 for b in tree]
+    c.capsules(starts, ends, [b.lumen(a) + b.wall(a) for b in tree], HU[T.AIRWAY_WALL], T.AIRWAY_WALL, where=walls)
+    c.capsules(starts, ends, [b.lumen(a) for b in tree], HU[T.AIRWAY], T.AIRWAY, where=walls + (T.AIRWAY,))
 
 
 def _skeleton(c: Canvas, a: Anatomy) -> None:

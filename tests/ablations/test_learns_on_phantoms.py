@@ -23,8 +23,8 @@ from ablations.zeroshot import zero_shot
 from models import SIZES, Variant, build
 
 # 1200 volumes, every 5th patient held out: 949 training and 251 held-out volumes. Rendering them
-# takes 2 workers a few minutes once, depending on the machine (186 s on 2026-12-07); pytest's cache
-# keeps them.
+# takes 2 workers one to two minutes once, depending on the machine (101 s on 2026-12-07); pytest's
+# cache keeps them.
 N_VOLUMES, VALID_FRACTION, DATA_SEED = 1200, 0.2, 0
 # Reports run 90-330 tokens (median ~205): 320 covers them; the locked tower reads each report once.
 SIZE = SIZES["tiny"].replace(text_max_len=320, text_dropout=0.0)
