@@ -182,8 +182,9 @@ class Canvas:
         painted: list[np.ndarray] = []
         # Batches of at most ~_SLAB_VOXELS pairs bound the temporaries on paper-size volumes.
         batch_of = np.cumsum(voxels) // _SLAB_VOXELS
-        for batch in np.unique(batch_of[voxels > 0]):
-            ids = np.flatnonzero((batch_of == batch) & (voxels > 0))
+        nonempty = voxels > 0
+        for batch in np.unique(batch_of[nonempty]):
+            ids = np.flatnonzero((batch_of == batch) & nonempty)
             owner = np.repeat(ids, voxels[ids])
             local = np.arange(owner.size) - np.repeat(np.cumsum(voxels[ids]) - voxels[ids], voxels[ids])
             ny, nx = extent[owner, 1], extent[owner, 2]

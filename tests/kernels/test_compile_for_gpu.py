@@ -310,8 +310,8 @@ def test_the_feed_forward_matmuls_do_not_spill_registers_on_hopper(tmp_path):
     # A GEMM whose accumulators spill to local memory runs far below its tensor-core rate; 128 x 128 tiles
     # of these kernels did (about 1 KB per thread), so the launcher's blocks are checked here.
     pytest.importorskip("triton.backends.nvidia")
-    env = child_env(without=("TRITON_INTERPRET",))
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # a cached kernel would print no ptxas report
+    # TRITON_CACHE_DIR: a cached kernel would print no ptxas report.
+    env = child_env(without=("TRITON_INTERPRET",), TRITON_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", SPILL_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

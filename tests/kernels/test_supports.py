@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def python(code: str, interpret: "str | None") -> str:
-    env = child_env(without=("TRITON_INTERPRET",))
-    env["CUDA_VISIBLE_DEVICES"] = ""  # the same answers on a GPU machine
+    env = child_env(without=("TRITON_INTERPRET",), CUDA_VISIBLE_DEVICES="")  # the same answers on a GPU machine
     if interpret is not None:
         env["TRITON_INTERPRET"] = interpret
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
