@@ -132,6 +132,9 @@ def measure(spec: CellSpec) -> Result:
     probe = GpuMemoryProbe(device)
     try:
         probe.measure_context()  # before anything else (supports() included) touches CUDA in this process
+        # CUDA events record on the current device's stream: for cuda:N make it N's ("cuda" is current).
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
     except Exception as exc:
         status, message = classify_exception(exc)
         return base_result(spec, status, message=message, wall_s=time.perf_counter() - started)
@@ -155,8 +158,13 @@ def measure(spec: CellSpec) -> Result:
         settings = TimingSettings(**spec.timing)
         warm_up(step, settings, device)
         probe.start()
+        if probe.active:  # start() emptied the allocator's cache: refill it so no timed step pays cudaMalloc
+            step()
+            step.zero_grad()
+        scale_before = step.scaler.get_scale() if step.scaler is not None else None
         result.timer, result.stages, result.timing_windows = time_stable(step, settings, device)
         probe.finish(result.memory)
+        skipped = scale_before is not None and step.scaler.get_scale() < scale_before
         result.env["clocks_after"] = gpu_clocks(device)
         accounting, flops = _accounting_step(step)
         for f in ("saved_activations_bytes", "param_bytes", "grad_bytes", "optimizer_state_bytes"):
@@ -171,7 +179,8 @@ def measure(spec: CellSpec) -> Result:
         if result.flops is not None:
             result.tflops_per_s, result.mfu = throughput(model_flops(flops), step_median, result.peak)
             result.hfu = throughput(flops["total"], step_median, result.peak)[1]
-        result.flags = stage_flags(result.stages)
+        result.flags = stage_flags(result.stages) + (
+            ["fp16_overflow: GradScaler skipped optimizer steps while timing"] if skipped else [])
         if spec.profile_top > 0:
             try:
                 result.profile, result.profile_totals = profile_step(step, device, spec.profile_top)

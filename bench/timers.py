@@ -95,13 +95,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+# GradScaler starts at 2**16 and halves on every overflowing step; 16 halvings reach 1.
+FP16_SETTLE_STEPS = 32
+
+
+def loss_scale_settled(step, scale_before: float) -> bool:
+    """Whether the fp16 step just taken updated the weights: GradScaler skips `optimizer.step()` and
+    halves its scale when the gradients overflow, and AdamW creates its state on its first real step."""
+    return step.scaler.get_scale() >= scale_before and bool(step.optimizer.state)
+
+
 def warm_up(step, settings: TimingSettings, device: torch.device) -> int:
-    """Untimed steps (compilation, autotuning, lazy optimizer state) by count and by time."""
-    n, start = 0, time.perf_counter()
-    while n < max(1, settings.warmup) or time.perf_counter() - start < settings.warmup_time_s:
+    """Untimed steps (compilation, autotuning, lazy optimizer state) by count and by time, and with
+    fp16 until GradScaler stops skipping (at most FP16_SETTLE_STEPS more): the first fp16 steps
+    overflow at the initial scale and do no optimizer work, so timing them would flatter the step."""
+    scaler = getattr(step, "scaler", None)
+    n, start, settled = 0, time.perf_counter(), scaler is None
+    while (n < max(1, settings.warmup) or time.perf_counter() - start < settings.warmup_time_s
+           or (not settled and n < max(1, settings.warmup) + FP16_SETTLE_STEPS)):
+        scale_before = scaler.get_scale() if scaler is not None else 0.0  # get_scale syncs: untimed here
         step()
         step.zero_grad()
         n += 1
+        settled = scaler is None or loss_scale_settled(step, scale_before)
     _sync(device)
     return n
 

@@ -34,6 +34,22 @@ def test_tiny_cell_measures_positive_stages_memory_and_flops():
     assert result.device["type"] == "cpu" and result.device["torch_threads"] == 1
 
 
+def test_fp16_cell_flags_timed_steps_that_skipped_the_optimizer(monkeypatch):
+    spec = CellSpec(variant=Variant.modern().replace(precision="fp16").as_dict(), size="tiny", batch=2,
+                    device="cpu", threads=1, timing={"warmup": 1, "repeats": 2}, host_device={"type": "cpu"})
+    settled = measure(spec)  # the warm-up steps past the overflowing loss scales
+    assert settled.status == "ok", settled.message
+    assert not any(f.startswith("fp16_overflow") for f in settled.flags)
+    # With a warm-up of one step (as before the warm-up knew about GradScaler) the timed steps overflow.
+    def one_step(step, settings, device):
+        step()
+        step.zero_grad()
+        return 1
+
+    monkeypatch.setattr("bench.cell.warm_up", one_step)
+    assert any(f.startswith("fp16_overflow") for f in measure(spec).flags)
+
+
 def test_unsupported_variant_gives_reason():
     spec = CellSpec(variant=Variant.faithful().replace(attention="sdpa_flash").as_dict(), size="tiny", batch=2,
                     device="cpu")

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from bench.result import STAGES, StageStats, stage_flags
-from bench.timers import TimingSettings, summarize, time_stable, time_stages
+from bench.step import TrainStep
+from bench.timers import FP16_SETTLE_STEPS, TimingSettings, summarize, time_stable, time_stages, warm_up
+from models import SIZES, Variant, build, example_batch
 
 
 def test_summarize_matches_statistics_module():
@@ -67,3 +69,44 @@ def test_time_stable_keeps_first_clean_window_and_reports_all():
     assert windows and sum(w["kept"] for w in windows) == 1
     kept = next(w for w in windows if w["kept"])
     assert kept["step_median"] == stats["step"].median
+
+
+class ScaledStep(SleepStep):
+    """A fake fp16 step whose loss scaler overflows (halves, skips the optimizer) on its first
+    `overflows` steps; AdamW-like state appears on the first step that is not skipped."""
+
+    durations = (0.0,) * len(STAGES)
+
+    def __init__(self, overflows):
+        super().__init__()
+        self.overflows, self.calls = overflows, 0
+        self.optimizer = type("Optimizer", (), {"state": {}})()
+        self.scaler = type("Scaler", (), {"scale": 2.0 ** 16, "get_scale": lambda s: s.scale})()
+
+    def __call__(self, mark=lambda: None):
+        super().__call__(mark)
+        self.calls += 1
+        if self.calls <= self.overflows:
+            self.scaler.scale /= 2
+        else:
+            self.optimizer.state["param"] = "moments"
+
+
+@pytest.mark.parametrize("overflows, expected", [(0, 2), (1, 2), (5, 6), (10 ** 6, 2 + FP16_SETTLE_STEPS)])
+def test_warm_up_runs_until_loss_scaling_stops_skipping(overflows, expected):
+    settings = TimingSettings(warmup=2, warmup_time_s=0.0)
+    assert warm_up(ScaledStep(overflows), settings, torch.device("cpu")) == expected
+    assert warm_up(SleepStep(), settings, torch.device("cpu")) == 2  # no scaler: the count alone
+
+
+def test_fp16_train_step_is_past_its_skipped_steps_after_warm_up():
+    torch.manual_seed(0)
+    size = SIZES["tiny"]
+    step = TrainStep(build(Variant.modern().replace(precision="fp16"), size), example_batch(size, batch=2))
+    n = warm_up(step, TimingSettings(warmup=1, warmup_time_s=0.0), torch.device("cpu"))
+    assert n > 1 and step.optimizer.state  # the initial 2**16 scale overflows on this model
+    scale = step.scaler.get_scale()
+    for _ in range(3):  # what timing would see: every step updates the weights
+        step()
+        step.zero_grad()
+    assert step.scaler.get_scale() == scale
