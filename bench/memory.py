@@ -126,11 +126,14 @@ def nvml_process_bytes(handle, pid: int | None = None) -> int | None:
     import pynvml
 
     pid = pid or os.getpid()
+    # nvidia-ml-py raises NVMLLibraryMismatchError, not an NVMLError, when the driver lacks the
+    # versioned process query; the figure is optional, so neither may fail the cell.
+    errors = tuple(getattr(pynvml, name) for name in ("NVMLError", "NVMLLibraryMismatchError") if hasattr(pynvml, name))
     try:
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if proc.pid == pid and proc.usedGpuMemory is not None:
                 return int(proc.usedGpuMemory)
-    except pynvml.NVMLError:
+    except errors:
         return None
     return None
 

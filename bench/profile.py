@@ -57,6 +57,8 @@ def profile_step(step: Any, device: torch.device, top: int) -> tuple[list[dict[s
     events = [(e.key, _self_time_us(e, on_device), e.count) for e in prof.key_averages()]
     events = [e for e in events if e[1] > 0]
     total_us = sum(us for _, us, _ in events)
+    if on_device and total_us == 0:  # a step always launches kernels: the profiler could not see them
+        raise RuntimeError("the profiler recorded no kernel time (is CUPTI unavailable here?)")
     events.sort(key=lambda e: e[1], reverse=True)
     ops = [asdict(OpTime(name[:NAME_LIMIT], us * 1e-6, count, us / total_us)) for name, us, count in events[:top]]
     return ops, {"self_s": total_us * 1e-6, "calls": sum(count for _, _, count in events)}

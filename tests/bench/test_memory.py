@@ -72,3 +72,28 @@ def test_gpu_probe_records_nothing_on_cpu():
     memory = Memory()
     probe.finish(memory)
     assert memory.gpu_allocated_peak_bytes is None and memory.nvml_used_after_bytes is None
+
+
+def test_nvml_process_query_failures_read_as_unknown(monkeypatch):
+    import sys
+    import types
+
+    from bench.memory import nvml_process_bytes
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLLibraryMismatchError(Exception):  # nvidia-ml-py: not an NVMLError
+        pass
+
+    for error in (NVMLError, NVMLLibraryMismatchError):
+        def query(handle, error=error):
+            raise error("driver lacks the versioned query")
+
+        fake = types.SimpleNamespace(NVMLError=NVMLError, NVMLLibraryMismatchError=NVMLLibraryMismatchError,
+                                     nvmlDeviceGetComputeRunningProcesses=query)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        assert nvml_process_bytes(object(), pid=1) is None
+    process = types.SimpleNamespace(pid=7, usedGpuMemory=123)
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda handle: [process]
+    assert nvml_process_bytes(object(), pid=7) == 123
