@@ -100,7 +100,8 @@ def _qk_norm_rope_fwd_kernel(T, SCALE, COS, SIN, OUT, R, stride_b, stride_h, str
     # IEEE-rounded sqrt and division (Triton's defaults are approximate): per row, so free, and they keep
     # fp32 results within an ulp or two of F.normalize's.
     norm = tl.sqrt_rn(tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1))
-    r = tl.div_rn(1.0, tl.maximum(norm, eps))
+    # Compiled, tl.maximum ignores a NaN by default; F.normalize's clamp keeps it, and so must we.
+    r = tl.div_rn(1.0, tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL))
     s1, s2 = _load_halves(SCALE + cols, half, ok1, ok2)
     y1 = x1 * r[:, None] * s1[None, :]
     y2 = x2 * r[:, None] * s2[None, :]

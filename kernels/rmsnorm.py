@@ -49,10 +49,11 @@ SUM_ROUNDING = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 @triton.jit
 def _round_to_bf16(x):
     # Round-to-nearest-even to bf16, kept in fp32, by integer arithmetic: the interpreter's own
-    # conversion truncates. Finite values and quiet NaNs round as torch's cast does.
+    # conversion truncates. Finite values and infinities round as torch's cast does; a NaN is passed
+    # through, because the carry would turn a GPU's NaN (bits 0x7FFFFFFF) into -0.0.
     bits = x.to(tl.uint32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
 
 
 @triton.jit

@@ -263,6 +263,21 @@ def test_empty_input():
     assert t.grad.shape == t.shape and torch.equal(module.scale.grad, torch.zeros(16, device=DEVICE))
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_nan_spreads_over_its_row_as_in_pytorch(dtype):
+    # Compiled, tl.maximum drops a NaN unless told not to: the clamp would then scale the row's other
+    # elements by 1/eps instead of making them NaN. (The interpreter's maximum keeps NaNs either way, so
+    # on a CPU this pins the expected behaviour; on a GPU it checks the compiled kernel.)
+    t = model_view(*SHAPE, 16, dtype)
+    t[1, 2, 3, 5] = float("nan")
+    rope = make_rope(SHAPE[2], 16)
+    expected = pytorch_expression(t, make_scale(16), rope).isnan()
+    got = triton_qk_norm_rope(t, make_scale(16), rope).isnan()
+    assert expected[1, 2, 3].all() and expected.sum() == 16
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("use_rope", [True, False], ids=["rope", "norope"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

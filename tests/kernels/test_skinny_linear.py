@@ -222,3 +222,17 @@ def test_on_fake_tensors_it_is_one_op_each_way_with_linears_flops_at_bf16():
         names = sorted(n for n in roofline.costs if n.startswith("ctclip_kernels"))
         assert names == ["ctclip_kernels.skinny_linear_backward[bf16]", "ctclip_kernels.skinny_linear_forward[bf16]"]
         assert weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+def test_a_gpu_nan_stays_nan_when_operands_round_to_bf16():
+    # NVIDIA arithmetic makes NaNs with bits 0x7FFFFFFF; the round-to-nearest-even carry of the kernels'
+    # shared bf16 rounding once turned those into -0.0, hiding a diverged input as a finite output.
+    from kernels.skinny_linear import skinny_linear_forward
+
+    x, weight, _ = make_inputs(5, 24, 7)
+    x = x.float()
+    x[1, 3] = torch.tensor(0x7FFFFFFF, dtype=torch.int32).view(torch.float32)
+    expected = x.bfloat16().float() @ weight.bfloat16().float().t()
+    got = skinny_linear_forward(x, weight.float(), torch.bfloat16)
+    assert expected[1].isnan().all() and not expected[[0, 2, 3, 4]].isnan().any()
+    assert torch.equal(got.isnan(), expected.isnan())
