@@ -56,6 +56,7 @@ def _(x: torch.Tensor, branch: torch.Tensor, weight: torch.Tensor, bias: torch.T
     check_peg_arguments(x, weight, bias)
     check_branch(branch, x, "PEG add branch")
     sum_dtype = torch.promote_types(x.dtype, branch.dtype)
+    x = channels_unit_stride(x)  # as the real op lays its outputs out: torch.compile trusts these strides
     copy = torch.empty_like(x, dtype=out_dtype) if write_sum_copy else x.new_empty(_NOTHING, dtype=out_dtype)
     return torch.empty_like(x, dtype=sum_dtype), torch.empty_like(x, dtype=out_dtype), copy
 
@@ -84,6 +85,7 @@ def _(dout: torch.Tensor, d_sum: Optional[torch.Tensor], saved: torch.Tensor, we
       x_rounding_dtype: torch.dtype, sum_dtype: torch.dtype, branch_dtype: torch.dtype,
       compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     separate = branch_dtype != sum_dtype
+    saved = channels_unit_stride(saved)
     d_branch = (torch.empty_like(saved, dtype=branch_dtype) if separate
                 else saved.new_empty(_NOTHING, dtype=branch_dtype))
     return (torch.empty_like(saved, dtype=sum_dtype), d_branch, torch.empty_like(weight, dtype=torch.float32),

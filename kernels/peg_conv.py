@@ -255,6 +255,7 @@ def peg_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype,
       write_x_copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     check_peg_arguments(x, weight, bias)
+    x = channels_unit_stride(x)  # as the real op lays its outputs out: torch.compile trusts these strides
     copy = torch.empty_like(x, dtype=out_dtype) if write_x_copy else x.new_empty(_NOTHING, dtype=out_dtype)
     return torch.empty_like(x, dtype=out_dtype), copy
 
@@ -280,7 +281,7 @@ def peg_conv_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 @peg_conv_backward.register_fake
 def _(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, x_rounding_dtype: torch.dtype,
       dx_dtype: torch.dtype, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.empty_like(x, dtype=dx_dtype), torch.empty_like(weight, dtype=torch.float32),
+    return (torch.empty_like(channels_unit_stride(x), dtype=dx_dtype), torch.empty_like(weight, dtype=torch.float32),
             weight.new_empty(x.shape[-1], dtype=torch.float32))
 
 def conv_flops(x_shape) -> int:

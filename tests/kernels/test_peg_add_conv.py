@@ -11,7 +11,7 @@ import torch
 
 from kernels import supports
 from tests.kernels.accuracy import assert_compiled_grads_match_eager, assert_fa_rule
-from tests.kernels.test_peg_conv import GRIDS, conv3d_peg, triton_peg
+from tests.kernels.test_peg_conv import GRIDS, channel_strided, conv3d_peg, triton_peg
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(supports(DEVICE) is not None, reason=str(supports(DEVICE)))
@@ -103,6 +103,20 @@ def test_permuted_grids():
     assert got[0].shape == grid_shape and got[0].stride() == to_grid(x.float()).stride()
     for name, g, bl, r in zip(NAMES, got, baseline, reference):
         assert_fa_rule(g, bl, r, f"permuted {name}")
+
+
+def test_fake_outputs_are_laid_out_as_the_real_ones_for_channel_strided_grids():
+    import kernels.peg_add_conv  # noqa: F401  (registers the ops)
+
+    ops = torch.ops.ctclip_kernels
+    x, branch, weight, bias, dsum, dout = (t.float() for t in make_inputs((2, 3, 4, 7, 5)))
+    x, branch, dsum, dout = (channel_strided(t) for t in (x, branch, dsum, dout))
+    assert x.stride(-1) != 1
+    w27, checks = weight.reshape(-1, 27), ("test_faketensor",)
+    torch.library.opcheck(ops.peg_add_conv_forward.default, (x, branch.bfloat16(), w27, bias, torch.bfloat16, True),
+                          test_utils=checks)
+    args = (dout, dsum, x, w27, torch.float32, torch.float32, torch.bfloat16, torch.float32)
+    torch.library.opcheck(ops.peg_add_conv_backward.default, args, test_utils=checks)
 
 
 def test_opcheck_and_one_op_each_way_on_fake_tensors():

@@ -158,6 +158,27 @@ def test_flops_count_as_the_conv3d():
     assert counts[0] == counts[1] == 3 * 2 * 27 * b * t * h * w * c
 
 
+def channel_strided(t: torch.Tensor) -> torch.Tensor:
+    """t's values in a dense layout whose channels (last dim) are not unit-stride."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def test_fake_outputs_are_laid_out_as_the_real_ones_for_channel_strided_grids():
+    import kernels.peg_conv  # noqa: F401  (registers the ops)
+
+    # The real ops copy such a grid to unit channel stride before allocating their outputs; torch.compile
+    # plans with the fake ops' strides, so theirs must be the same (opcheck compares them).
+    ops = torch.ops.ctclip_kernels
+    x, weight, bias, dout = (t.float() for t in make_inputs((2, 3, 4, 7, 5)))
+    x, dout = channel_strided(x), channel_strided(dout)
+    assert x.stride(-1) != 1
+    w27 = weight.reshape(-1, 27)
+    checks = ("test_faketensor",)
+    torch.library.opcheck(ops.peg_conv_forward.default, (x, w27, bias, torch.bfloat16, True), test_utils=checks)
+    torch.library.opcheck(ops.peg_conv_backward.default, (dout, x, w27, torch.float32, torch.float32, torch.float32),
+                          test_utils=checks)
+
+
 def test_opcheck_and_empty_grid():
     from kernels.peg_conv import peg_conv_backward, peg_conv_forward
 
