@@ -121,7 +121,11 @@ def sdpa_efficient(q, k, v, bias, scale):
     return _sdpa(q, k, v, bias, scale, [SDPBackend.EFFICIENT_ATTENTION])
 
 
-@ATTENTION.register("sdpa_cudnn", supports=_needs_cuda("the cuDNN SDPA kernel"))
+# cuDNN's attention op is not differentiable in its bias (torch 2.11 refuses one that requires grad) and
+# has only fp16/bf16 kernels: with either, the pinned call would fail with "No available kernel".
+@ATTENTION.register("sdpa_cudnn", supports=_chain(_needs_cuda("the cuDNN SDPA kernel"),
+                                                   _no_learned_bias("the cuDNN SDPA kernel"),
+                                                   _half_precision_on_cuda("the cuDNN SDPA kernel")))
 def sdpa_cudnn(q, k, v, bias, scale):
     """torch SDPA pinned to cuDNN attention."""
     return _sdpa(q, k, v, bias, scale, [SDPBackend.CUDNN_ATTENTION])

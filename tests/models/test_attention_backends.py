@@ -85,6 +85,16 @@ def test_cuda_only_backends_say_why_on_cpu(name, needle):
     assert reason and needle in reason
 
 
+def test_cudnn_refuses_a_learned_bias_and_fp32_on_cuda():
+    # The reasons only: no GPU needed. cuDNN's op is not differentiable in its bias (checked on meta
+    # tensors under torch 2.11) and has no fp32 kernel; a pinned call would fail with "No available kernel".
+    cuda = torch.device("cuda")
+    assert "learned" in ATTENTION.supports("sdpa_cudnn", Variant(attention="sdpa_cudnn", precision="bf16"), cuda)
+    fp32 = Variant(attention="sdpa_cudnn", position="rope", precision="fp32")
+    assert "fp16/bf16" in ATTENTION.supports("sdpa_cudnn", fp32, cuda)
+    assert ATTENTION.supports("sdpa_cudnn", fp32.replace(precision="bf16"), cuda) is None
+
+
 def test_flash_refuses_the_learned_bias_with_a_reason():
     reason = ATTENTION.supports("sdpa_flash", Variant(attention="sdpa_flash"), CPU)
     assert "learned" in reason and "position=cpb" in reason
