@@ -45,7 +45,9 @@ Fields of `Result` (schema version 1):
 - `env_fingerprint` short hash of what must match for `--resume` to reuse a row.
 - `flags` list of warnings: "stage_sum_mismatch" (sum of stage medians differs from the step median
   by > 10 %), "noisy:<stage>" (IQR/median > 10 %), "profile_failed: <error>", "fp16_overflow: ..."
-  (GradScaler skipped optimizer steps inside the timed window, so those samples did less work).
+  (GradScaler skipped optimizer steps inside the timed window, so those samples did less work),
+  "accounting_failed: <error>" (the FLOP and saved-bytes step failed, e.g. FlopCounterMode has no rule
+  for FlexAttention; timings and the GPU peak stand, FLOPs and MFU are None).
 - `profile` None, or the top operators of one extra profiled step (`bench.profile`), each {"name",
   "self_s", "calls", "share"}: kernels by time on the GPU, host operators by CPU time on a CPU; share
   is of the step's total self time. Made only when asked (`--profile-top N`, bench.gpu_check).

@@ -50,6 +50,21 @@ def test_fp16_cell_flags_timed_steps_that_skipped_the_optimizer(monkeypatch):
     assert any(f.startswith("fp16_overflow") for f in measure(spec).flags)
 
 
+def test_a_failing_accounting_step_keeps_the_timings(monkeypatch):
+    # On a GPU, attn=flex runs FlexAttention eagerly under FlopCounterMode, which has no rule for it.
+    def no_flop_rule(step):
+        raise TypeError("no implementation found for 'torch.ops.higher_order.flex_attention'")
+
+    monkeypatch.setattr("bench.cell._accounting_step", no_flop_rule)
+    spec = CellSpec(variant=Variant.faithful().as_dict(), size="tiny", batch=2, device="cpu", threads=1,
+                    timing={"warmup": 1, "repeats": 2}, host_device={"type": "cpu"})
+    result = measure(spec)
+    assert result.status == "ok", result.message
+    assert result.stages["step"].median > 0 and result.stages["step"].n == 2
+    assert result.flops is None and result.mfu is None and result.memory.saved_activations_bytes is None
+    assert any(f.startswith("accounting_failed: TypeError") for f in result.flags)
+
+
 def test_unsupported_variant_gives_reason():
     spec = CellSpec(variant=Variant.faithful().replace(attention="sdpa_flash").as_dict(), size="tiny", batch=2,
                     device="cpu")
