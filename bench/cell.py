@@ -30,7 +30,7 @@ from bench.profile import profile_step
 from bench.recompute import counting_recomputation
 from bench.result import Memory, Result, cell_key, stage_flags
 from bench.step import TrainStep
-from bench.timers import TimingSettings, time_stable, warm_up
+from bench.timers import TimingSettings, loss_scale_settled, time_stable, warm_up
 from models import Variant, build, example_batch, get_size, supports
 
 MESSAGE_LIMIT = 2000
@@ -164,7 +164,7 @@ def measure(spec: CellSpec) -> Result:
         scale_before = step.scaler.get_scale() if step.scaler is not None else None
         result.timer, result.stages, result.timing_windows = time_stable(step, settings, device)
         probe.finish(result.memory)
-        skipped = scale_before is not None and step.scaler.get_scale() < scale_before
+        skipped = scale_before is not None and not loss_scale_settled(step, scale_before)
         result.env["clocks_after"] = gpu_clocks(device)
         result.flags = stage_flags(result.stages) + (
             ["fp16_overflow: GradScaler skipped optimizer steps while timing"] if skipped else [])

@@ -128,7 +128,7 @@ def nvml_process_bytes(handle, pid: int | None = None) -> int | None:
     pid = pid or os.getpid()
     # nvidia-ml-py raises NVMLLibraryMismatchError, not an NVMLError, when the driver lacks the
     # versioned process query; the figure is optional, so neither may fail the cell.
-    errors = tuple(getattr(pynvml, name) for name in ("NVMLError", "NVMLLibraryMismatchError") if hasattr(pynvml, name))
+    errors = (pynvml.NVMLError, getattr(pynvml, "NVMLLibraryMismatchError", pynvml.NVMLError))
     try:
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if proc.pid == pid and proc.usedGpuMemory is not None:

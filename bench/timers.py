@@ -110,9 +110,9 @@ def warm_up(step, settings: TimingSettings, device: torch.device) -> int:
     fp16 until GradScaler stops skipping (at most FP16_SETTLE_STEPS more): the first fp16 steps
     overflow at the initial scale and do no optimizer work, so timing them would flatter the step."""
     scaler = getattr(step, "scaler", None)
-    n, start, settled = 0, time.perf_counter(), scaler is None
-    while (n < max(1, settings.warmup) or time.perf_counter() - start < settings.warmup_time_s
-           or (not settled and n < max(1, settings.warmup) + FP16_SETTLE_STEPS)):
+    n, start, settled, at_least = 0, time.perf_counter(), scaler is None, max(1, settings.warmup)
+    while (n < at_least or time.perf_counter() - start < settings.warmup_time_s
+           or (not settled and n < at_least + FP16_SETTLE_STEPS)):
         scale_before = scaler.get_scale() if scaler is not None else 0.0  # get_scale syncs: untimed here
         step()
         step.zero_grad()

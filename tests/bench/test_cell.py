@@ -8,6 +8,7 @@ from bench.allocations import AllocationTracker
 from bench.estimate import estimate_variant, resident_tensors
 from bench.result import STAGES
 from bench.step import TrainStep
+from bench.timers import TimingSettings, warm_up
 from models import SIZES, Variant, build, example_batch
 
 
@@ -83,9 +84,8 @@ def test_fake_tensor_estimate_equals_real_accounting(variant):
     size = SIZES["tiny"]
     torch.manual_seed(0)
     step = TrainStep(build(variant, size), example_batch(size, batch=2))
-    for _ in range(3):  # as the cell's warm-up does: fp16's GradScaler skips its first, overflowing steps
-        step()
-        step.zero_grad()
+    # The cell's warm-up: fp16's GradScaler skips its first, overflowing steps, which create no AdamW state.
+    warm_up(step, TimingSettings(warmup=3, warmup_time_s=0.0), torch.device("cpu"))
     real_memory, real_flops = _accounting_step(step)
     est = estimate_variant(variant, size, batch=2, dispatch="cpu")  # what the real CPU step runs
     assert est["flops"] == real_flops
