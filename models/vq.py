@@ -10,6 +10,9 @@ Reproduces `vector_quantize_pytorch==1.1.2` (the version upstream CT-CLIP pins) 
   the EMA update, which builds the (tokens x codes) one-hot and a second tokens x codes x dim einsum
   exactly as upstream does (so memory and FLOPs are faithful);
 - evaluation: the output is the code with no gradient path to the encoder;
+- under torch.distributed the EMA's per-code counts and sums are summed over ranks before the update,
+  as upstream's `sync_codebook` (on by default whenever a process group exists) does: every rank then
+  holds the combined batch's codebook, so DDP's broadcast of rank 0's buffers loses nothing;
 - the commitment loss is discarded by CT-CLIP and therefore not computed.
 
 `vq_impl` picks how: `onehot` is upstream's computation above; `chunked` gives the same codes and the
@@ -32,6 +35,14 @@ from models.registry import Registry
 
 VQ_IMPLS: Registry[type] = Registry("vq_impl")
 CHUNK_TOKENS = 8192  # (8,192 x 8,192) fp32 distances: 256 MiB per slice
+
+
+def _sum_over_ranks(*tensors: torch.Tensor) -> None:
+    """In place, each tensor summed over the ranks of the default process group, if there is one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
 
 
 def _needs_vq(variant, device: torch.device) -> "str | None":
@@ -78,6 +89,7 @@ class CosineVQ(nn.Module):
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, index: torch.Tensor, codes: torch.Tensor) -> None:
         bins, embed_sum = self._counts_and_sums(flat, index)
+        _sum_over_ranks(bins, embed_sum)
         self.cluster_size[0].lerp_(bins, 1 - self.decay)
         empty = bins == 0
         embed_mean = F.normalize(embed_sum / bins.masked_fill(empty, 1.0)[:, None], dim=-1)

@@ -1,4 +1,4 @@
-"""Two gloo processes on CPU give the gradients of one process on the combined batch."""
+"""Two gloo processes on CPU give the gradients and the VQ codebook of one process on the combined batch."""
 
 import os
 import socket
@@ -18,6 +18,12 @@ BATCH = 6  # 3 per rank
 def _model(loss: str):
     torch.manual_seed(0)
     return build(Variant.faithful().replace(loss=loss), SIZE)
+
+
+def _codebook(model) -> dict[str, torch.Tensor]:
+    """The VQ's EMA buffers, which the training forward updates from the tokens it sees."""
+    vq = model.visual_encoder.vq
+    return {"embed": vq.embed.clone(), "cluster_size": vq.cluster_size.clone()}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -41,6 +47,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.all_reduce(total)
         results[(loss_name, impl)] = ({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
                                       total / world)
+        results[("codebook", loss_name, impl)] = _codebook(model)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -80,3 +87,20 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(two_process_
     half = _model(loss_name)
     half(volumes[:3], ids[:3], mask[:3]).loss.backward()
     assert not torch.allclose(half.temperature.grad, reference["temperature"])
+
+
+def test_every_rank_updates_the_codebook_from_the_combined_batch(two_process_grads):
+    model = _model("softmax")
+    volumes, ids, mask = example_batch(SIZE, BATCH, seed=1)
+    model(volumes, ids, mask)
+    reference = _codebook(model)
+    for rank_result in two_process_grads:
+        for case in CASES:
+            for name, buffer in rank_result[("codebook", *case)].items():
+                torch.testing.assert_close(buffer, reference[name], rtol=1e-5, atol=1e-6,
+                                           msg=lambda m, c=case, n=name: f"{c} {n}: {m}")
+    # A rank's own half of the batch moves the codebook elsewhere (what DDP's broadcast of rank 0's
+    # buffers would keep if the counts and sums were not summed over ranks).
+    half = _model("softmax")
+    half(volumes[:3], ids[:3], mask[:3])
+    assert not torch.allclose(_codebook(half)["embed"], reference["embed"], atol=1e-4)
