@@ -23,7 +23,7 @@ from bench.config import parse_with_config
 
 def load_model(checkpoint: "str | Path", device: str = "cpu"):
     """(model in eval mode, size, tokenizer path, template name) from a training checkpoint."""
-    from models import Size, Variant, build
+    from models import Size, Variant, build, make_current
 
     from ablations.train import load_checkpoint
 
@@ -34,6 +34,7 @@ def load_model(checkpoint: "str | Path", device: str = "cpu"):
                              "ablations.run")
     variant = Variant.from_dict(state["variant"])
     size = Size(**state["size"])
+    make_current(device)  # --device cuda:N: Triton kernels launch on the current device
     model = build(variant, size, device, text_weights=state.get("text_weights"))
     model.load_state_dict(state["model"])
     model.eval()

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    from models import get_size
+    from models import get_size, make_current
 
     parser = build_parser()
     args = parse_with_config(parser, argv)
@@ -227,7 +227,7 @@ def main(argv: "list[str] | None" = None) -> int:
     dist = init_from_env(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
+    make_current(device)  # --device cuda:N: Triton kernels launch on the current device
 
     from ablations.data.ctrate import CTRateDataset
     from ablations.data.errors import DataError

@@ -31,7 +31,7 @@ from bench.recompute import counting_recomputation
 from bench.result import Memory, Result, cell_key, stage_flags
 from bench.step import TrainStep
 from bench.timers import TimingSettings, loss_scale_settled, time_stable, warm_up
-from models import Variant, build, example_batch, get_size, supports
+from models import Variant, build, example_batch, get_size, make_current, supports
 
 MESSAGE_LIMIT = 2000
 
@@ -132,9 +132,7 @@ def measure(spec: CellSpec) -> Result:
     probe = GpuMemoryProbe(device)
     try:
         probe.measure_context()  # before anything else (supports() included) touches CUDA in this process
-        # CUDA events record on the current device's stream: for cuda:N make it N's ("cuda" is current).
-        if device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device)
+        make_current(device)  # CUDA events and Triton kernels use the current device's stream
     except Exception as exc:
         status, message = classify_exception(exc)
         return base_result(spec, status, message=message, wall_s=time.perf_counter() - started)

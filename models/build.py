@@ -91,6 +91,19 @@ def build(variant: Variant, size: "Size | str", device: "torch.device | str" = "
     return model
 
 
+def make_current(device: "torch.device | str") -> None:
+    """Make an indexed CUDA device the current one (a no-op for CPU and for a bare "cuda").
+
+    Triton launches its kernels on the current device's stream, whatever device their tensors are on
+    (torch.library custom ops add no device guard), and CUDA events record on that stream too: a model
+    on cuda:1 with cuda:0 current would run its kernels against another GPU's memory.
+    """
+    device = torch.device(device)
+    # set_device raises for a device with no index ("cuda"), which means the current one anyway.
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def enable_text_checkpointing(text: torch.nn.Module, context_fn: Callable = noop_context_fn) -> None:
     """Non-reentrant checkpointing of every layer of a transformers text tower, with torch.utils.checkpoint's
     `context_fn` (bench.recompute passes one that counts the recomputation; the default is the no-op)."""
