@@ -263,8 +263,13 @@ def main(argv: "list[str] | None" = None) -> int:
             try:
                 result = run_cell(cell, seed, key, policy, args, size, splits, dist, device, out, dict(data_info),
                                   envs)
-            except Exception as error:  # one broken cell must not lose the sweep
+            except Exception as error:  # one broken cell must not lose the sweep...
                 traceback.print_exc()
+                if dist.enabled:
+                    # ...except under DDP: the other ranks are still inside this cell's collectives, and
+                    # going on would pair them with the next cell's DDP set-up, a hang until the NCCL
+                    # timeout. Stopping lets torchrun stop them; a resubmission redoes this cell.
+                    raise
                 result = AccuracyResult(cell_key=key, variant_key=cell.variant.key, variant=cell.variant.as_dict(),
                                         size=size.name, size_config=size.as_dict(), batch=args.batch, seed=seed,
                                         status="error", message=f"{type(error).__name__}: {error}",

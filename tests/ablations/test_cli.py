@@ -65,3 +65,25 @@ def test_config_rejects_unknown_keys(tmp_path):
     bad.write_text("data: x\nstepz: 3\n")
     with pytest.raises(SystemExit):
         run_main(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_failing_cell_ends_a_ddp_run_but_not_a_single_process_sweep(phantom_tree, tmp_path, monkeypatch, world_size):
+    """One process records the error and goes on; under DDP the other ranks are inside the failed cell's
+    collectives, so the rank stops (torchrun then stops them) rather than start the next cell alone."""
+    import ablations.run as run_module
+    from ablations.distributed import DistContext
+
+    def failing_cell(*args, **kwargs):
+        raise RuntimeError("unreadable volume")
+
+    monkeypatch.setattr(run_module, "init_from_env", lambda device_type: DistContext(0, world_size))
+    monkeypatch.setattr(run_module, "run_cell", failing_cell)
+    argv = ["--data", str(phantom_tree(30, 0.3)), "--out", str(tmp_path), "--variants", "faithful",
+            "--steps", "1", "--quiet", "--reports"]
+    if world_size == 1:
+        assert run_main(argv) == 0
+        assert [r["status"] for r in read_rows(tmp_path / "accuracy.jsonl")] == ["error"]
+    else:
+        with pytest.raises(RuntimeError, match="unreadable volume"):
+            run_main(argv)
