@@ -197,6 +197,10 @@ def policy_drift() -> dict[str, list[str]]:
 
 def _kernels() -> dict[str, Callable[..., Any]]:
     cpu_native = registered_ops("AutocastCPU")
+    # The tables as this build applies them: torch 2.11 (the GPU machine's) registers no AutocastCUDA
+    # rule for rms_norm, so there it keeps its input's dtype on a GPU too. policy_drift reports the
+    # difference; an op this build lacks altogether has no calls to cast.
+    applied = cuda_policy_ops() & registered_ops("AutocastCUDA")
     lower = (*LOWER_PRECISION_FP, *LOWER_PRECISION_FP_CUDNN)
     makers: list[tuple[str, Callable[[torch._ops.OpOverload], Callable[..., Any]]]] = [
         # The lower-precision ops both policies share keep the CPU kernel and its cast cache.
@@ -207,11 +211,11 @@ def _kernels() -> dict[str, Callable[..., Any]]:
           for n, t in FP32_APPEND_DTYPE.items()),
         *((n, _promote) for n in PROMOTE),
         *((n, _banned) for n in BANNED),
-        *((n, _passthrough) for n in cpu_native - cuda_policy_ops()),  # the CPU's own rules (cat, stack, ...)
     ]
-    # An op this build lacks (an older torch, as on the GPU machine) has no calls to cast; policy_drift
-    # reports it.
-    return {name: make(_overload(name)) for name, make in makers if _exists(name)}
+    kernels = {name: make(_overload(name)) for name, make in makers if name in applied and _exists(name)}
+    # The CPU's own rules (cat, stack, ...) and any the CUDA build lacks are neutralised.
+    kernels.update({name: _passthrough(_overload(name)) for name in cpu_native - applied})
+    return kernels
 
 
 def _exists(name: str) -> bool:

@@ -151,3 +151,21 @@ def test_an_op_this_build_lacks_is_skipped_not_fatal(monkeypatch):
     assert "an_op_from_a_later_torch" in policy_drift()["not_registered"]
     with cuda_autocast_policy(), torch.autocast("cpu", BF16):
         assert torch.ones(2, 3, dtype=BF16).softmax(-1).dtype == torch.float32
+
+
+@pytest.mark.parametrize("registered, expected", [(True, torch.float32), (False, BF16)])
+def test_a_table_op_follows_this_builds_cuda_registration(monkeypatch, tensors, registered, expected):
+    # torch 2.13 registers an AutocastCUDA rule for rms_norm (fp32); torch 2.11, the GPU machine's,
+    # registers none, so on its GPU the op keeps its input's dtype, and so must the estimate made there.
+    x, weight = tensors[0], tensors[1].to(BF16)
+    real = cuda_autocast.registered_ops
+
+    def registered_ops(key):
+        ops = real(key)
+        return (ops | {"rms_norm"} if registered else ops - {"rms_norm"}) if key == "AutocastCUDA" else ops
+
+    monkeypatch.setattr(cuda_autocast, "registered_ops", registered_ops)
+    assert ("rms_norm" in policy_drift()["not_registered"]) is not registered
+    with cuda_autocast_policy(), torch.autocast("cpu", BF16):
+        assert F.rms_norm(x, (5,), weight).dtype == expected
+        assert x.softmax(-1).dtype == torch.float32  # the rest of the policy applies either way
