@@ -3,9 +3,11 @@
 The recipe is CTCLIP_MODERN's (reference §5): AdamW (betas 0.9/0.99, weight decay 0.01 on ndim >= 2
 parameters), linear warm-up then cosine to 1 % of the peak LR, gradient norm clipped to 0.5 (after
 unscaling under fp16). Precision, activation checkpointing and compile come from the variant (the model
-applies them). Runs are deterministic in their seed: the model is initialised and the batches are drawn
-from it, so a run resumed from a checkpoint continues exactly where it stopped. A NaN or inf loss stops
-the run with `Diverged` before the optimiser touches the weights; the last good checkpoint stays.
+applies them). Runs are deterministic in their seed: the model is initialised from it, and each step's
+batch and random draws (dropout) are a function of (seed, rank, step) alone, so a run resumed from a
+checkpoint continues exactly where it stopped, on any device, and no two ranks share dropout masks. A NaN
+or inf loss stops the run with `Diverged` before the optimiser touches the weights; the last good
+checkpoint stays.
 
 Under torchrun every rank draws the same global batch order and takes its own slice of each global batch
 (data split by rank); the loss takes its negatives from all ranks (`ablations.distributed`).
@@ -94,6 +96,15 @@ def batch_indices(n_items: int, global_batch: int, step: int, seed: int, rank: i
     return perm[start:start + global_batch // world]
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of torch's generators (the CPU's and every CUDA device's) for `rank` at `step`.
+
+    Reseeding each step, rather than saving generator states in the checkpoint, covers the CUDA
+    generators that dropout draws from on a GPU (one per device and rank) as well as the CPU's.
+    """
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -140,7 +151,6 @@ def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[st
         start = good_step = state["step"]
         result.loss_curve = state["loss_curve"]
         result.resumed_from = start
-        torch.set_rng_state(state["rng"]["torch"])
 
     def save(step: int) -> None:
         nonlocal good_step
@@ -149,8 +159,8 @@ def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[st
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                      "loss_curve": result.loss_curve, "rng": {"torch": torch.get_rng_state()},
-                      "train_config": cfg.as_dict(), **(extra_state or {})}, ckpt_path)
+                      "loss_curve": result.loss_curve, "train_config": cfg.as_dict(), **(extra_state or {})},
+                     ckpt_path)
         good_step = step
 
     model.train()
@@ -159,6 +169,7 @@ def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[st
     bar = tqdm(range(start, cfg.steps), desc="train", unit="step", disable=not (progress and dist.is_main),
                initial=start, total=cfg.steps)
     for step in bar:
+        torch.manual_seed(step_seed(cfg.seed, dist.rank, step))
         idx = batch_indices(len(dataset), cfg.batch * dist.world_size, step, cfg.seed, dist.rank, dist.world_size)
         samples = [dataset[i] for i in idx]
         volumes = torch.stack([s.volume for s in samples]).to(device, non_blocking=True)

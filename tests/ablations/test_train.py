@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ablations.schedule import build_optimizer, lr_factor
-from ablations.train import Diverged, TrainConfig, batch_indices, train
+from ablations.train import Diverged, TrainConfig, batch_indices, step_seed, train
 from models import SIZES, Variant, build, example_batch
 
 SIZE = SIZES["tiny"]
@@ -77,6 +77,26 @@ def test_runs_are_deterministic_and_resume_from_a_mid_run_checkpoint_exactly(tmp
     assert resumed.resumed_from == 3
     for a, b in zip(straight.loss_curve, resumed.loss_curve):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+
+
+def test_each_step_draws_from_its_own_seed_and_the_checkpoint_needs_no_generator_state(tmp_path):
+    """Dropout on a GPU draws from CUDA generators, one per device, which a saved CPU generator state
+    would not restore; reseeding every step from (seed, rank, step) covers them all."""
+    assert SIZE.text_dropout > 0  # otherwise the draws would not matter
+    data, tok = _dataset(), _tokenize()
+    cfg = TrainConfig(steps=3, batch=4, lr=1e-3, warmup_steps=1, checkpoint_every=0, seed=7)
+    states = []
+
+    def recording(texts):  # called after the step's batch is drawn, before the forward pass
+        states.append(torch.get_rng_state())
+        return tok(texts)
+
+    train(_model(), data, recording, cfg, tmp_path, progress=False)
+    for step, state in enumerate(states):
+        assert torch.equal(state, torch.Generator().manual_seed(step_seed(7, 0, step)).get_state())
+    assert "rng" not in torch.load(tmp_path / "last.pt", weights_only=False)
+    seeds = {step_seed(7, rank, step) for rank in range(4) for step in range(50)}
+    assert len(seeds) == 200  # no two (rank, step) pairs share masks
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
