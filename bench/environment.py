@@ -19,6 +19,7 @@ import torch
 from bench.memory import nvml_handle
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+UNKNOWN_GPU_NAME = "cuda"  # host_device_info's name for a GPU neither NVML nor nvidia-smi could name
 OPTIONAL_PACKAGES = ("triton", "transformers", "flash-attn", "xformers", "liger-kernel", "nvidia-ml-py", "numpy")
 
 
@@ -138,12 +139,26 @@ def fingerprint(device: dict[str, Any], env: dict[str, Any], git: dict[str, Any]
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def nvidia_smi_gpu(index: int) -> dict[str, str] | None:
+    """GPU `index`'s name and UUID from nvidia-smi (no CUDA context either), or None without it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,uuid", "--format=csv,noheader", "-i", str(index)],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = [f.strip() for f in out.stdout.strip().splitlines()[0].rsplit(",", 1)] if out.stdout.strip() else []
+    return {"name": fields[0], "uuid": fields[1]} if out.returncode == 0 and len(fields) == 2 else None
+
+
 def host_device_info(device: torch.device) -> dict[str, Any]:
     """`device_info` for the sweep's parent process, which must not create a CUDA context of its own
-    (it would sit in NVML's device-used figure of every cell): on a GPU, ask NVML instead of torch."""
+    (it would sit in NVML's device-used figure of every cell): on a GPU, ask NVML instead of torch, else
+    nvidia-smi. The name is UNKNOWN_GPU_NAME only if neither answers; rows named so would group apart
+    from the cells' own (which torch names), so callers should fill it in from a child."""
     if device.type != "cuda":
         return device_info(device)
-    info: dict[str, Any] = {"type": "cuda", "name": "cuda", "count": torch.cuda.device_count(), "uuid": None}
+    info: dict[str, Any] = {"type": "cuda", "name": UNKNOWN_GPU_NAME, "count": torch.cuda.device_count(),
+                            "uuid": None}
     handle = nvml_handle(device.index or 0)
     if handle is not None:
         import pynvml
@@ -155,4 +170,33 @@ def host_device_info(device: torch.device) -> dict[str, Any]:
             info["uuid"] = uuid.decode() if isinstance(uuid, bytes) else uuid
         except pynvml.NVMLError:
             pass
+    if info["name"] == UNKNOWN_GPU_NAME:
+        info.update(nvidia_smi_gpu(device.index or 0) or {})
     return info
+
+
+def describe_probe(record: dict[str, Any], micro: dict[str, Any]) -> list[str]:
+    """bench.gpu_probe's records in words, for bench.gpu_summary: env.json (device, environment, git and
+    clocks as above, and the CUDA autocast policy's drift from bench.cuda_autocast) and micro.json (copy
+    bandwidth and matmul rate)."""
+    dev, e, git = record.get("device", {}), record.get("env", {}), record.get("git", {})
+    pk = e.get("packages", {})
+    lines = [f"- device: {dev.get('name', 'unknown')} ({dev.get('type', '?')}), driver {e.get('driver')}, "
+             f"CUDA {e.get('cuda')}, torch {e.get('torch')}, triton {pk.get('triton')}, "
+             f"transformers {pk.get('transformers')}, python {e.get('python')}",
+             f"- git {git.get('sha')} (dirty: {git.get('dirty')}); clocks at start: {record.get('clocks')}"]
+    drift = record.get("autocast_policy_drift")
+    if drift is not None:
+        same = not (drift["not_registered"] or drift["not_in_tables"])
+        policy = ("this build's AutocastCUDA ops are bench.cuda_autocast's, which the estimator applies"
+                  if same else f"differs from bench.cuda_autocast's tables: not registered here "
+                  f"{drift['not_registered']}, registered but not in the tables {drift['not_in_tables']}")
+        lines.append(f"- CUDA autocast policy: {policy}")
+    if micro:
+        peak = micro.get("peak")
+        frac = (f" ({micro['matmul_fraction_of_peak'] * 100:.1f} % of {peak['entry']} {peak['tflops']} TFLOP/s)"
+                if peak else "")
+        lines.append(f"- copy bandwidth {micro['copy_gbps']:.0f} GB/s ({micro['copy_bytes'] / 2**30:.3g} GiB tensor, "
+                     f"bytes read + written); {micro['matmul_dtype']} matmul {micro['matmul_n']}^3: "
+                     f"{micro['matmul_tflops']:.1f} TFLOP/s{frac}; timer {micro.get('timer')}")
+    return lines

@@ -10,6 +10,10 @@ budget runs out is cut short with a recorded note instead of overrunning.
 
 With --dry-run it goes through every step on the CPU at `tiny` size in about a minute (small tensors,
 the kernels in the Triton interpreter, a few cells, two timed steps each): what CI runs.
+
+The summary is rewritten after every part, so it always holds what has finished; SIGTERM (the outer
+`timeout` of scripts/gpu_check.sh) ends the run cleanly: the running cell is killed, the part marked
+stopped and the summary written once more (exit status 143).
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from pathlib import Path
 import torch
 
 from bench import store
+from bench.cell import write_atomic
 from bench.config import parse_with_config
-from bench.environment import REPO_ROOT, environment, fingerprint, git_info, host_device_info
+from bench.environment import (REPO_ROOT, UNKNOWN_GPU_NAME, environment, fingerprint, git_info,
+                               host_device_info)
+from bench.gpu_summary import notes_of, summarize
 from bench.gpu_plan import CellPart, Plan, make_plan
 from bench.result import Result
 
@@ -41,7 +48,7 @@ GRACE_S = 20.0  # how long past its deadline a child may run before it is killed
 class PartLog:
     name: str
     budget_s: float
-    status: str = "pending"  # done | partial | skipped | failed
+    status: str = "pending"  # done | partial | skipped | failed | stopped (SIGTERM or Ctrl-C during it)
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -99,9 +106,11 @@ def run_probe(plan: Plan, out: Path, budget: Budget, parts: dict[str, PartLog]) 
         try:
             code = proc.wait(timeout=max(1.0, budget.remaining("kernels") + GRACE_S))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             code = None
+        finally:  # past its deadline, or gpu_check itself stopping (SIGTERM): never leave it running
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     elapsed = time.monotonic() - started
     probe_dir = out / "probe"
     for name, files in (("probe", ("env.json", "micro.json", "supports.json")), ("kernels", ("kernels.json",))):
@@ -157,12 +166,16 @@ def run_cell_part(part: CellPart, plan: Plan, out: Path, budget: Budget, log_par
                 spec = dataclasses.replace(spec, timeout_s=max(1.0, min(spec.timeout_s, remaining)))
                 safe = re.sub(r"[^A-Za-z0-9_-]", "_", cell.key)
                 result = run_in_subprocess(spec, out / "logs" / part.name / f"{index:03d}-{safe}.log")
+                if result.status == "timeout" and spec.timeout_s < part.cell_timeout_s:
+                    # Cut short by the part's deadline, not the cell's own timeout: not a hang.
+                    result.message = (f"budget: {remaining:.0f} s left of the part, under the cell timeout "
+                                      f"of {part.cell_timeout_s:g} s; {result.message}")
         store.append(path, result)
         results.append(result)
         step = result.stages.get("step")
         log(f"{part.name}: {cell.key}: {result.status}"
             + (f", step {step.median * 1e3:.1f} ms" if step else "")
-            + (f" ({result.reason or (result.message or '').splitlines()[0][:120]})" if result.status != "ok" else "")
+            + (f" ({notes_of(result)})" if result.status != "ok" else "")
             + f" [{result.wall_s or 0:.0f} s]")
     if results:
         store.write_csv(path.with_suffix(".csv"), results)
@@ -220,7 +233,9 @@ def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git:
     log(f"estimate: {done} cells estimated" + (f", {len(skipped)} skipped" if skipped else ""))
 
 
-def write_reports(plan: Plan, out: Path, log_part: PartLog) -> None:
+def write_reports(plan: Plan, out: Path, budget: Budget, log_part: PartLog) -> None:
+    """reports.build for each cell part that wrote results, while the report part's time lasts (a report
+    can be built later from results/; the summary is written before this part)."""
     from reports.build import build_reports
 
     started = time.monotonic()
@@ -228,7 +243,13 @@ def write_reports(plan: Plan, out: Path, log_part: PartLog) -> None:
         measured = out / "results" / f"{part.name}.jsonl"
         if not measured.exists():
             continue
-        paths = [measured] + [p for p in [out / "results" / f"estimate-{part.size}.jsonl"] if p.exists()]
+        if budget.remaining("report") <= 0:
+            log_part.notes.append(f"budget ran out: no report for {part.name} (python -m reports.build "
+                                  f"results/{part.name}.jsonl ... builds it)")
+            continue
+        # The candidates hold no baseline row: their ratios are against the run's bf16 faithful one.
+        baseline = [out / "results" / "paper-bf16.jsonl"] if part.name.startswith("targets") else []
+        paths = [measured] + [p for p in [*baseline, out / "results" / f"estimate-{part.size}.jsonl"] if p.exists()]
         try:
             written = build_reports(paths, out / "report" / part.name)
             log(f"report: {part.name}: {len(written)} files")
@@ -252,9 +273,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bench.gpu_summary import summarize
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (the outer `timeout`) as a clean exit: main()'s finally still kills the children and writes
+    the summary of what finished. Further ones are ignored so they cannot cut that short; the outer
+    timeout's SIGKILL (-k) stays the backstop."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
+
+def kill_children() -> None:
+    """SIGKILL this process's children with their process groups (the probe and each cell lead their own):
+    the cell a SIGTERM interrupted would otherwise run on while the summary is written, and its own
+    children after it (bench.runner's death signal reaches the cell alone). Reads /proc (Linux)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (comm) state ppid pgrp ...": comm may hold spaces and ')', so split after the last one
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        pid = int(stat.parent.name)
+        if int(ppid) == os.getpid() and state != "Z":
+            try:
+                os.killpg(pid, signal.SIGKILL) if int(pgrp) == pid else os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def write_summary(out: Path, plan: Plan, parts: dict[str, PartLog], budget: Budget, scale: float,
+                  unfinished: str | None) -> str:
+    """parts.json, summary.md and summary.json from whatever has finished; returns summary.md's text. Each
+    is written beside and renamed, so a run killed mid-write keeps the previous one, never half of one."""
+    total = budget.elapsed()
+    write_atomic(out / "parts.json", json.dumps(
+        {"dry_run": plan.dry_run, "budget_s": plan.total_s * scale, "elapsed_s": total, "unfinished": unfinished,
+         "parts": [dataclasses.asdict(p) for p in parts.values()]}, indent=1) + "\n")
+    text, data = summarize(out, plan, list(parts.values()), total, unfinished)
+    write_atomic(out / "summary.md", text)
+    write_atomic(out / "summary.json", json.dumps(data, indent=1, default=str) + "\n")
+    return text
+
+
+def named_by_probe(host: dict, out: Path) -> dict:
+    """`host` with the GPU name the probe child read from torch, where the parent could not read one
+    (host_device_info's UNKNOWN_GPU_NAME), so the rows written here group with the cells' own."""
+    probed = (_read_json(out / "probe" / "env.json") or {}).get("device", {})
+    if host.get("name") != UNKNOWN_GPU_NAME or probed.get("type") != "cuda" or not probed.get("name"):
+        return host
+    return dict(host, name=probed["name"], uuid=host.get("uuid") or probed.get("uuid"))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_with_config(parser, argv)
     if not args.dry_run and not torch.cuda.is_available():
@@ -281,37 +348,60 @@ def main(argv: list[str] | None = None) -> int:
     git = git_info()
     common = {"env_fingerprint": fingerprint(host, environment(device), git), "host_device": host, "git": git}
     reasons: dict[str, str | None] = {}
-    for name in budgets:
-        part = parts[name]
-        if name in args.skip:
-            part.status, part.notes = "skipped", ["skipped by --skip"]
-            continue
-        if name == "kernels":
-            if "probe" in args.skip:
-                part.status, part.notes = "skipped", ["runs in the probe process, which was skipped"]
-            continue  # otherwise it ran inside the probe child
-        if name != "report" and budget.remaining(name) <= 0:
-            part.status, part.notes = "skipped", ["no time left in the budget"]
-            continue
-        log(f"part {name} (until +{budget.ends[name] - budget.start:.0f} s)")
-        if name == "probe":
-            reasons = run_probe(plan, out, budget, parts)
-        elif name == "estimate":
-            run_estimates(plan, out, budget, part, git, host.get("name", ""))
-        elif name == "report":
-            write_reports(plan, out, part)
-        else:
-            cell_part = next(p for p in plan.cell_parts if p.name == name)
-            run_cell_part(cell_part, plan, out, budget, part, reasons, common)
-    total = budget.elapsed()
-    (out / "parts.json").write_text(json.dumps(
-        {"dry_run": plan.dry_run, "budget_s": plan.total_s * scale, "elapsed_s": total,
-         "parts": [dataclasses.asdict(p) for p in parts.values()]}, indent=1) + "\n")
-    text, data = summarize(out, plan, list(parts.values()), total)
-    (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    running: PartLog | None = None
+    unfinished: str | None = None
+    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        for name in budgets:
+            part = parts[name]
+            if name in args.skip:
+                part.status, part.notes = "skipped", ["skipped by --skip"]
+                continue
+            if name == "kernels":
+                if "probe" in args.skip:
+                    part.status, part.notes = "skipped", ["runs in the probe process, which was skipped"]
+                continue  # otherwise it ran inside the probe child
+            if name != "report" and budget.remaining(name) <= 0:
+                part.status, part.notes = "skipped", ["no time left in the budget"]
+                continue
+            log(f"part {name} (until +{budget.ends[name] - budget.start:.0f} s)")
+            running = part
+            if name == "probe":
+                reasons = run_probe(plan, out, budget, parts)
+                named = named_by_probe(host, out)
+                if named is not host:
+                    host = named
+                    common.update(host_device=host, env_fingerprint=fingerprint(host, environment(device), git))
+            elif name == "estimate":
+                run_estimates(plan, out, budget, part, git, host.get("name", ""))
+            elif name == "report":
+                write_reports(plan, out, budget, part)
+            else:
+                cell_part = next(p for p in plan.cell_parts if p.name == name)
+                run_cell_part(cell_part, plan, out, budget, part, reasons, common)
+            running = None
+            if name == "report":
+                continue
+            try:  # what finished is on disk before the next part (the reports included)
+                write_summary(out, plan, parts, budget, scale, f"still running; written after part {name}")
+            except Exception as exc:  # the parts still to run matter more than this interim summary
+                log(f"interim summary failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:  # SIGTERM (see _stop_on_sigterm), Ctrl-C or a bug: say so in the summary
+        sigterm = isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM
+        unfinished = "stopped by " + ("SIGTERM" if sigterm else f"{type(exc).__name__} {exc}".strip()[:200])
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nothing may interrupt the summary now
+        if running is not None:
+            running.status = "stopped"
+            running.notes.append(f"{unfinished} {budget.elapsed():.0f} s into the run, during this part")
+        if unfinished:
+            kill_children()
+        text = write_summary(out, plan, parts, budget, scale, unfinished)
+        signal.signal(signal.SIGTERM, previous_handler)
+        log(f"{unfinished or 'done'} after {budget.elapsed():.0f} s; "
+            f"{'what finished' if unfinished else 'everything'} is in {out} (summary.md first)")
     print(text)
-    log(f"done in {total:.0f} s; everything is in {out} (summary.md first)")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.design import Cell, expand, leanest_candidate, learned_bias_candidate, target_ladder
 from models import Variant
+from reports.stats import MIN_SAMPLES
 
 # The budgets below add up to 480 s on a GPU: 8 minutes on one H100.
 PROFILE_TOP = 12  # operators kept from one profiled step of each paper-size bf16 cell (bench.profile)
@@ -141,14 +142,19 @@ def make_plan(dry_run: bool) -> Plan:
         return Plan(True, "cpu", probe_budget_s=15, kernels_budget_s=10,
                     estimate_budget_s=10, report_budget_s=15, cell_parts=parts, threads=1)
     headline = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 6, "min_time_s": 0.0, "attempts": 1}
-    short = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 4, "min_time_s": 0.0, "attempts": 1}
+    # The targets' verdicts need an interval on each step ratio, which reports.stats draws from at least
+    # MIN_SAMPLES (5) timed steps a cell; the other parts keep 4 (a step less per cell, to fit the budget)
+    # and their ratios are printed with the sample count and no interval.
+    with_interval = {"warmup": 2, "warmup_time_s": 0.0, "repeats": MIN_SAMPLES, "min_time_s": 0.0, "attempts": 1}
+    short = dict(with_interval, repeats=4)
     parts = (
         # ~1-2 s per paper-size step: 1 + 2 + 2 x 6 + 1 steps and ~10 s of process start and build per
         # cell. The two rows the headline compares go first, in case the budget ends the part early.
         CellPart("paper-bf16", 140, "paper", 4, "bf16", _headline_first(_cells("paper", "bf16")), headline,
                  120, 30, PROFILE_TOP),
         CellPart("targets", 60, "paper", 4, "bf16",
-                 tuple(Cell(v, "targets") for v in target_variants(False)), short, 90, 25, PROFILE_TOP),
+                 tuple(Cell(v, "targets") for v in target_variants(False)), with_interval, 90, 25,
+                 PROFILE_TOP),
         # 23 cells, ~10 s each, mostly process start: whatever does not fit is skipped with a note, so the
         # seed's own switches go first.
         CellPart("ofat-small", 125, "small", 2, "bf16",
@@ -159,7 +165,7 @@ def make_plan(dry_run: bool) -> Plan:
         # Whatever time is left: the fastest candidate compiled (inductor fuses the elementwise work the
         # 40 % MFU target needs), started only with 60 s in hand since compiling the towers takes a while.
         CellPart("targets-compiled", 0, "paper", 4, "bf16",
-                 (Cell(target_variants(False)[0].replace(compile=True), "targets"),), short, 150, 60,
+                 (Cell(target_variants(False)[0].replace(compile=True), "targets"),), with_interval, 150, 60,
                  PROFILE_TOP),
     )
     return Plan(False, "cuda", probe_budget_s=20, kernels_budget_s=40,

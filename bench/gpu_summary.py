@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
+from bench.environment import describe_probe
 from bench.gpu_plan import Plan
 from bench.gpu_specs import find_gpu
 from bench.result import Result
 from models import Variant
-from reports.stats import median_ratio_ci
+from reports import labels
+from reports.stats import MIN_SAMPLES, median_ratio_ci
 
 GIB = 2**30
 # The seed's README (batch 16, fp16 AMP, device-wide memory): FA+SwiGLU+RMSNorm+SigLIP against
@@ -26,6 +28,7 @@ SEED_MEMORY_RATIO = 0.764
 SEED_TIME_RATIO = 0.94
 TARGET_FAST_TIME, TARGET_FAST_MFU = 0.5, 0.40
 TARGET_LEAN_MEMORY, TARGET_LEAN_TIME = 0.3, 1.0
+VERDICT = {True: "reached", False: "not reached", None: "undetermined (no FLOP count, so no MFU)"}
 TARGET_GPU = "H100 SXM"  # the GPU the fastest candidate's targets are stated for (a bench.gpu_specs entry)
 # The probe's kernel benchmark tables (under probe/kernels/), each under its heading in the summary.
 KERNEL_TABLES = (
@@ -67,9 +70,20 @@ def _x(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}x"
 
 
-def _x_ci(ratio: float | None, interval: list[float] | tuple[float, float] | None) -> str:
-    """0.940x [0.93, 0.95]: the ratio and its 95 % bootstrap interval (reports/stats.py)."""
-    return _x(ratio) + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if ratio is not None and interval else "")
+def _x_ci(ratio: float | None, interval: list[float] | tuple[float, float] | None, samples: int | None = None
+          ) -> str:
+    """0.940x [0.93, 0.95]: the ratio and its 95 % bootstrap interval (reports/stats.py); without one,
+    given `samples`, 0.940x (4 samples, no interval): a bare ratio must not pass for a resolved one."""
+    if ratio is not None and interval:
+        return f"{_x(ratio)} [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return _x(ratio) + (f" ({samples} samples, no interval)" if ratio is not None and samples is not None else "")
+
+
+def fast_target_reached(time_ratio: float, mfu: float | None) -> bool | None:
+    """Step time <= TARGET_FAST_TIME x with MFU >= TARGET_FAST_MFU; None: the time is, MFU unknown."""
+    if time_ratio > TARGET_FAST_TIME or (mfu is not None and mfu < TARGET_FAST_MFU):
+        return False
+    return None if mfu is None else True
 
 
 def _pct(v: float | None) -> str:
@@ -85,37 +99,61 @@ def _ms(seconds: float | None) -> str:
 
 
 def _read(path: Path) -> list[Result]:
-    if not path.exists():
-        return []
-    latest: dict[str, Result] = {}
-    for r in store.read(path).results:
-        latest[r.cell_key] = r
-    return list(latest.values())
+    """The file's latest row of each cell."""
+    return list({r.cell_key: r for r in store.read(path).results}.values()) if path.exists() else []
+
+
+def notes_of(r: Result) -> str:
+    """Why the cell did not run, or its flags, as the reports' notes column words them (no '|' here)."""
+    return labels.note(r.status, r.reason, r.message, r.flags, limit=160).replace("|", "/")
 
 
 def row(r: Result, base: Result | None) -> dict[str, Any]:
     mem, mem_kind = memory_of(r)
     base_mem = memory_of(base)[0] if base else None
-    return {"variant": r.variant_key, "status": r.status, "reason": r.reason or (r.message or "").split("\n")[0][:160],
-            "step_s": step_of(r), "memory_bytes": mem, "memory_kind": mem_kind,
-            "time_ratio": _ratio(step_of(r), step_of(base) if base else None),
-            "time_ratio_ci": None if r is base else median_ratio_ci(step_samples(r), step_samples(base)),
+    samples, base_samples, notes = step_samples(r), step_samples(base), notes_of(r)
+    ci = None if r is base else median_ratio_ci(samples, base_samples)
+    return {"variant": r.variant_key, "status": r.status, "reason": notes if r.status != "ok" else "",
+            "notes": notes, "flags": list(r.flags), "step_s": step_of(r), "memory_bytes": mem,
+            "memory_kind": mem_kind, "time_ratio": _ratio(step_of(r), step_of(base) if base else None),
+            "time_ratio_ci": ci,
+            # A ratio too few timed steps gave no interval: the fewer of the two cells' counts, to print.
+            "no_interval_samples": (min(len(samples), len(base_samples)) if samples and base_samples
+                                    and r is not base and ci is None else None),
             "memory_ratio": _ratio(mem, base_mem), "tflops_per_s": r.tflops_per_s, "mfu": r.mfu,
             "hfu": r.hfu, "position": r.variant.get("position")}
 
 
+def _warnings(d: dict[str, Any]) -> str:
+    """The row's flags that bear on a verdict: all but the spread of a stage other than the whole step."""
+    kept = [f for f in d["flags"] if not f.startswith("noisy:") or f == "noisy:step"]
+    return labels.note("ok", None, None, kept, limit=160).replace("|", "/")
+
+
+def _caveats(d: dict[str, Any]) -> str:
+    """What qualifies a candidate's verdict: a step ratio without an interval, the row's flags."""
+    n, flagged = d["no_interval_samples"], _warnings(d)
+    return (f" Step ratio: {n} samples, no interval." if n else "") + (f" Flagged: {flagged}." if flagged else "")
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     # MFU counts the model's FLOPs; HFU also what checkpointing recomputes (the two differ only there).
-    lines = ["| variant | status | step ms | memory GiB | time x | memory x | TFLOP/s | MFU | HFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | status | step ms | memory GiB | time x | memory x | TFLOP/s | MFU | HFU | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
         if d["status"] != "ok":
-            lines.append(f"| {d['variant']} | {d['status']}: {d['reason']} | | | | | | | |")
+            lines.append(f"| {d['variant']} | {d['status']} | | | | | | | | {d['notes']} |")
             continue
         tf = "n/a" if d["tflops_per_s"] is None else f"{d['tflops_per_s']:.3g}"
         time_x = _x_ci(d["time_ratio"], d["time_ratio_ci"])
         lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {_gib(d['memory_bytes'])} | {time_x} | "
-                     f"{_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} | {_pct(d['hfu'])} |")
+                     f"{_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} | {_pct(d['hfu'])} | {d['notes']} |")
+    # Each cell's count is too long for the table: one line under it, for the ratios left bare.
+    bare = sorted({d["no_interval_samples"] for d in rows if d["no_interval_samples"]})
+    if bare:
+        counts = " or ".join(str(n) for n in bare)
+        lines += ["", f"Time ratios without brackets: {counts} samples per cell, no interval (reports/stats.py "
+                      f"draws one from {MIN_SAMPLES} or more)."]
     return lines
 
 
@@ -137,9 +175,16 @@ def paper_section(results: list[Result], precision: str, size: str) -> tuple[lis
                     time_ratio=_ratio(modern["step_s"], faithful["step_s"]),
                     time_ratio_ci=median_ratio_ci(*(step_samples(by_result[d["variant"]]) for d in (modern, faithful))),
                     mfu_faithful=faithful["mfu"], mfu_modern=modern["mfu"])
+        samples = min(len(step_samples(by_result[d["variant"]])) for d in (modern, faithful))
+        # A flag (fp16_overflow: skipped steps did less work; accounting_failed: no MFU) qualifies the headline.
+        flagged = {name: text for name, d in (("modern", modern), ("faithful", faithful)) if (text := _warnings(d))}
+        head["flagged"] = flagged
+        if flagged:
+            lines += ["**Warning: flagged " + "; ".join(f"{name} row: {text}" for name, text in flagged.items())
+                      + ". The comparison below may be biased or incomplete.**", ""]
         lines += [f"**Modern (FA + SwiGLU + RMSNorm + SigLIP) against faithful (SA + GEGLU + LN + softmax), "
                   f"measured in this run:** memory {_x(head['memory_ratio'])} ({modern['memory_kind']}), "
-                  f"step time {_x_ci(head['time_ratio'], head['time_ratio_ci'])}. "
+                  f"step time {_x_ci(head['time_ratio'], head['time_ratio_ci'], samples)}. "
                   f"The seed published {SEED_MEMORY_RATIO}x memory and "
                   f"{SEED_TIME_RATIO}x step time (\"1.06x faster\"; batch 16, fp16 AMP, device-wide memory).",
                   f"MFU: faithful {_pct(faithful['mfu'])}, modern {_pct(modern['mfu'])}.", ""]
@@ -188,21 +233,21 @@ def targets_section(targets: list[Result], paper: list[Result], estimates: "dict
         return lines + ["No candidate with a position signal was measured against the baseline.", ""], out
     fast = min(ok, key=lambda d: d["time_ratio"])
     lean_pool = [d for d in ok if d["memory_ratio"] is not None and d["time_ratio"] <= TARGET_LEAN_TIME]
-    fast_ok = fast["time_ratio"] <= TARGET_FAST_TIME and (fast["mfu"] or 0) >= TARGET_FAST_MFU
+    fast_ok = fast_target_reached(fast["time_ratio"], fast["mfu"])
     out["fastest"] = dict(fast, reached=fast_ok)
     fast_x = _x_ci(fast["time_ratio"], fast["time_ratio_ci"])
     lines.append(f"- Fastest: {fast['variant']}: {fast_x} step time, MFU {_pct(fast['mfu'])} "
                  f"(target <= {TARGET_FAST_TIME}x with MFU >= {TARGET_FAST_MFU:.0%} on an {TARGET_GPU}): "
-                 f"{'reached' if fast_ok else 'not reached'}.")
+                 f"{VERDICT[fast_ok]}.{_caveats(fast)}")
     by_key = {r.variant_key: r for r in targets + paper}
     carried = on_target_gpu(by_key[fast["variant"]], base, estimates or {}) if base else None
     if carried:
-        carried_ok = carried["time_ratio"] <= TARGET_FAST_TIME and (carried["mfu"] or 0) >= TARGET_FAST_MFU
+        carried_ok = fast_target_reached(carried["time_ratio"], carried["mfu"])
         out["fastest_on_target_gpu"] = dict(carried, reached=carried_ok)
         lines.append(f"  Measured on an {carried['measured_on']}, not the {carried['gpu']} the target names. At each "
                      f"cell's measured / roofline ratio here, bench.roofline's {carried['gpu']} bounds put it at "
                      f"{_ms(carried['step_s'])} ms, {_x(carried['time_ratio'])} the faithful step, MFU "
-                     f"{_pct(carried['mfu'])}: {'reached' if carried_ok else 'not reached'} there (an estimate "
+                     f"{_pct(carried['mfu'])}: {VERDICT[carried_ok]} there (an estimate "
                      f"from this run, not a measurement).")
     if lean_pool:
         lean = min(lean_pool, key=lambda d: d["memory_ratio"])
@@ -210,7 +255,7 @@ def targets_section(targets: list[Result], paper: list[Result], estimates: "dict
         out["leanest"] = dict(lean, reached=lean_ok)
         lines.append(f"- Leanest with step time <= {TARGET_LEAN_TIME}x: {lean['variant']}: "
                      f"{_x(lean['memory_ratio'])} memory, {_x_ci(lean['time_ratio'], lean['time_ratio_ci'])} time "
-                     f"(target <= {TARGET_LEAN_MEMORY}x): {'reached' if lean_ok else 'not reached'}.")
+                     f"(target <= {TARGET_LEAN_MEMORY}x): {'reached' if lean_ok else 'not reached'}.{_caveats(lean)}")
     else:
         lines.append(f"- Leanest: no candidate kept its step time within {TARGET_LEAN_TIME}x.")
     return lines + [""], out
@@ -292,6 +337,11 @@ def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], d
              "the step's total self time.", ""]
     data: dict[str, Any] = {}
     for r in results:
+        failed = [f for f in r.flags if f.startswith("profile_failed")]
+        if r.status == "ok" and not r.profile and failed and r.variant_key not in data:
+            data[r.variant_key] = None  # asked for and failed: said here, not left out
+            lines += [f"**{r.variant_key}** ({r.size}, batch {r.batch}): no profile: "
+                      f"{labels.first_line(failed[0], 200)}", ""]
         if r.status != "ok" or not r.profile or r.variant_key in data:
             continue
         data[r.variant_key] = r.profile
@@ -308,41 +358,26 @@ def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], d
 
 
 def environment_section(out: Path, plan: Plan) -> tuple[list[str], dict[str, Any]]:
-    env = json.loads((out / "probe" / "env.json").read_text()) if (out / "probe" / "env.json").exists() else {}
-    micro = json.loads((out / "probe" / "micro.json").read_text()) if (out / "probe" / "micro.json").exists() else {}
-    dev, e, git = env.get("device", {}), env.get("env", {}), env.get("git", {})
-    pk = e.get("packages", {})
-    lines = ["## Environment", "",
-             f"- device: {dev.get('name', 'unknown')} ({dev.get('type', '?')}), driver {e.get('driver')}, "
-             f"CUDA {e.get('cuda')}, torch {e.get('torch')}, triton {pk.get('triton')}, "
-             f"transformers {pk.get('transformers')}, python {e.get('python')}",
-             f"- git {git.get('sha')} (dirty: {git.get('dirty')}); clocks at start: {env.get('clocks')}"]
-    drift = env.get("autocast_policy_drift")
-    if drift is not None:
-        same = not (drift["not_registered"] or drift["not_in_tables"])
-        policy = ("this build's AutocastCUDA ops are bench.cuda_autocast's, which the estimator applies"
-                  if same else f"differs from bench.cuda_autocast's tables: not registered here "
-                  f"{drift['not_registered']}, registered but not in the tables {drift['not_in_tables']}")
-        lines.append(f"- CUDA autocast policy: {policy}")
-    if micro:
-        peak = micro.get("peak")
-        frac = (f" ({_pct(micro['matmul_fraction_of_peak'])} of {peak['entry']} {peak['tflops']} TFLOP/s)"
-                if peak else "")
-        lines.append(f"- copy bandwidth {micro['copy_gbps']:.0f} GB/s ({micro['copy_bytes'] / GIB:.3g} GiB tensor, "
-                     f"bytes read + written); {micro['matmul_dtype']} matmul {micro['matmul_n']}^3: "
-                     f"{micro['matmul_tflops']:.1f} TFLOP/s{frac}; timer {micro.get('timer')}")
-    return lines + [""], {"device": dev, "env": e, "git": git, "micro": micro}
+    env, micro = ((json.loads(p.read_text()) if p.exists() else {}) for p in (out / "probe" / "env.json",
+                                                                                out / "probe" / "micro.json"))
+    data = {"device": env.get("device", {}), "env": env.get("env", {}), "git": env.get("git", {}), "micro": micro}
+    return ["## Environment", "", *describe_probe(env, micro), ""], data
 
 
-def summarize(out: Path, plan: Plan, parts: list, total_s: float) -> tuple[str, dict[str, Any]]:
+def summarize(out: Path, plan: Plan, parts: list, total_s: float, unfinished: str | None = None
+              ) -> tuple[str, dict[str, Any]]:
+    """summary.md's text and summary.json's data from the files under `out`; `unfinished` says why the run
+    has not finished (still running, stopped by a signal), for a summary written part way."""
     title = "CPU dry run (tiny size; not GPU figures)" if plan.dry_run else "GPU check"
     env_lines, env = environment_section(out, plan)
     budget_s = sum(p.budget_s for p in parts)  # as scaled by --budget
-    lines = [f"# bench.gpu_check: {title}", "", f"Finished in {total_s:.0f} s of a {budget_s:.0f} s budget.",
+    done = f"Not finished ({unfinished}) at {total_s:.0f} s" if unfinished else f"Finished in {total_s:.0f} s"
+    lines = [f"# bench.gpu_check: {title}", "", f"{done} of a {budget_s:.0f} s budget.",
              "Step-time ratios are value / baseline from the same run; the brackets after one are its 95 % "
              "bootstrap interval over the two cells' timed steps (reports/stats.py: noise within each process, "
              "not run-to-run variation).", ""] + env_lines
-    data: dict[str, Any] = {"dry_run": plan.dry_run, "elapsed_s": total_s, "environment": env}
+    data: dict[str, Any] = {"dry_run": plan.dry_run, "elapsed_s": total_s, "unfinished": unfinished,
+                            "environment": env}
     measured: list[Result] = []
     by_name = {p.name: _read(out / "results" / f"{p.name}.jsonl") for p in plan.cell_parts}
     estimates = _estimates(out)

@@ -61,16 +61,23 @@ def group(rows: Iterable[EffRow]) -> list[tuple[tuple, list[EffRow]]]:
     return list(groups.items())
 
 
+def is_faithful(row: EffRow) -> bool:
+    """Whether the row is CT-CLIP's faithful variant at whatever precision: bench's variant keys name the
+    axes that differ from it, so its key is `faithful` at fp32 and `prec=bf16` or `prec=fp16` otherwise."""
+    return [p for p in row.variant_key.split(",") if not p.startswith("prec=")] in ([], ["faithful"])
+
+
 def pick_baseline(rows: list[EffRow], design: str | None = None) -> EffRow | None:
     """The row others are compared with: the design's baseline (the paper design's when mixed), else
-    the faithful variant, else the first row that ran."""
+    the faithful variant (at the rows' precision: a group is one device, size and batch, normally one
+    precision), else None: ratios against an arbitrary row would read as effects, so there are none."""
     ok = [r for r in rows if r.status == "ok"]
     preferred = [design] if design else ["paper", "ofat", "full", "loo", None]
     for d in preferred:
         for r in ok:
             if r.baseline and r.design == d:
                 return r
-    return next((r for r in ok if r.variant_key == "faithful"), ok[0] if ok else None)
+    return next((r for r in ok if is_faithful(r)), None)
 
 
 def context(rows: list[EffRow]) -> Context:
@@ -181,11 +188,13 @@ def efficiency_table(rows: list[EffRow], group_slug: str) -> Table:
         )
     cols.append(Column("notes", [labels.note(r.status, r.reason, r.message, r.flags) for r in rows]))
     cols += _csv_only(rows, base, step_ci)
-    notes = [
-        f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."
-        if base is not None
-        else "No row ran, so there is no baseline to compare with."
-    ] + interval_note(cols, rows)
+    if base is not None:
+        notes = [f"Ratios in brackets are value / baseline ({_name(base, None)}, {labels.loss(base.variant)})."]
+    elif any(r.status == "ok" for r in rows):
+        notes = ["No ratios: no row that ran here is a design's baseline or the faithful variant."]
+    else:
+        notes = ["No row ran, so there is no baseline to compare with."]
+    notes += interval_note(cols, rows)
     if rows[0].device.type == "cpu":
         notes.append(
             "CPU figures: memory is the CPU accounting (no GPU memory on this device) and the "

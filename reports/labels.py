@@ -114,15 +114,27 @@ def first_line(text: str | None, limit: int = 90) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def note(status_code: str, reason: str | None, message: str | None, flags: list[str] | None = None) -> str:
-    """Why a cell did not run (the backend's reason or the error's first line), or its warning flags."""
+def log_tail_end(message: str | None, limit: int = 90) -> str:
+    """The last non-blank line of the cell process's log tail a message carries (bench.runner's timeout
+    and crash messages end with "Log tail:" and the log's last lines): where the process was when it
+    stopped, which the message's first line leaves out. '' without a tail."""
+    _, marker, tail = (message or "").partition("Log tail:")
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    return first_line(last, limit) if marker else ""
+
+
+def note(status_code: str, reason: str | None, message: str | None, flags: list[str] | None = None,
+         limit: int = 90) -> str:
+    """Why a cell did not run (the backend's reason, or the error's first line and the end of its log
+    tail), or its warning flags, each cut to `limit` characters."""
     if status_code == "unsupported":
-        return first_line(reason or message)
+        return first_line(reason or message, limit)
     if status_code != "ok":
-        return first_line(message or reason)
+        tail = log_tail_end(message, limit)
+        return first_line(message or reason, limit) + (f" {tail}" if tail else "")
     # "noisy:a, noisy:b" -> "noisy: a, b": the flag list can be as long as the row otherwise.
     noisy = [f.split(":", 1)[1] for f in flags or [] if f.startswith("noisy:")]
-    other = [f for f in flags or [] if not f.startswith("noisy:")]
+    other = [first_line(f, limit) for f in flags or [] if not f.startswith("noisy:")]
     return "; ".join(other + ([f"noisy: {', '.join(noisy)}"] if noisy else []))
 
 
