@@ -182,6 +182,7 @@ class GpuMemoryProbe:
         memory.gpu_allocated_baseline_bytes = self.baseline
         memory.gpu_allocated_peak_bytes = peak
         memory.gpu_peak_minus_baseline_bytes = peak - self.baseline
+        memory.gpu_requested_peak_bytes = torch.cuda.memory_stats(self.device).get("requested_bytes.all.peak")
         memory.gpu_reserved_peak_bytes = torch.cuda.max_memory_reserved(self.device)
         memory.nvml_used_before_bytes = self.nvml_before
         memory.nvml_used_after_bytes = nvml_used_bytes(self.handle)

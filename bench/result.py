@@ -114,6 +114,10 @@ class Memory:
       gpu_allocated_baseline_bytes  memory_allocated() after warm-up, before the timed steps
       gpu_allocated_peak_bytes      max_memory_allocated() over the timed steps
       gpu_peak_minus_baseline_bytes the difference: what the step itself adds
+      gpu_requested_peak_bytes      the peak of the bytes the ops asked for (memory_stats'
+                                    requested_bytes.all.peak): the allocated peak less the allocator's
+                                    rounding and the block tails it does not split off (up to 1 MiB
+                                    per large block), which predicted_peak_bytes does not model
       gpu_reserved_peak_bytes       max_memory_reserved() (allocator cache included)
       nvml_used_before_bytes        NVML device-used at the baseline (other processes included)
       nvml_used_after_bytes         NVML device-used after the timed steps; the allocator keeps its
@@ -134,6 +138,7 @@ class Memory:
     gpu_allocated_baseline_bytes: int | None = None
     gpu_allocated_peak_bytes: int | None = None
     gpu_peak_minus_baseline_bytes: int | None = None
+    gpu_requested_peak_bytes: int | None = None
     gpu_reserved_peak_bytes: int | None = None
     nvml_used_before_bytes: int | None = None
     nvml_used_after_bytes: int | None = None

@@ -48,6 +48,7 @@ MEMORY_FIELDS = (
     "gpu_allocated_baseline_bytes",
     GPU_PEAK,
     "gpu_peak_minus_baseline_bytes",
+    "gpu_requested_peak_bytes",
     GPU_RESERVED,
     "nvml_used_before_bytes",
     "nvml_used_after_bytes",

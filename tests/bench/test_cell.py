@@ -113,6 +113,8 @@ def test_cuda_cell_uses_events_and_allocator():
     m = result.memory
     assert m.gpu_allocated_peak_bytes > m.gpu_allocated_baseline_bytes > 0
     assert m.gpu_reserved_peak_bytes >= m.gpu_allocated_peak_bytes
+    # Requested bytes are the allocated ones before rounding up to blocks (512 B at least).
+    assert m.gpu_allocated_baseline_bytes < m.gpu_requested_peak_bytes <= m.gpu_allocated_peak_bytes
     assert result.device["type"] == "cuda" and result.device["name"]
 
 
