@@ -35,6 +35,7 @@ import torch
 from bench import store
 from bench.cell import write_atomic
 from bench.config import parse_with_config
+from bench.gpu_estimates import EstimateWorkers
 from bench.environment import (REPO_ROOT, UNKNOWN_GPU_NAME, environment, fingerprint, git_info,
                                host_device_info)
 from bench.gpu_summary import notes_of, summarize
@@ -187,50 +188,13 @@ def run_cell_part(part: CellPart, plan: Plan, out: Path, budget: Budget, log_par
     return results
 
 
-def run_estimates(plan: Plan, out: Path, budget: Budget, log_part: PartLog, git: dict, gpu_name: str) -> None:
-    """bench.estimate for every planned cell (FakeTensorMode on the CPU, in this process), with the
-    roofline against this GPU's datasheet (an H100 SXM's in a dry run) and, on another GPU, the
-    targets' (bench.gpu_summary.TARGET_GPU) too, so the summary can carry the run over to it."""
-    from bench.cell import CellSpec
-    from bench.estimate import DEFAULT_GPU, estimate_cell
-    from bench.gpu_specs import find_gpu
-    from bench.gpu_summary import TARGET_GPU
-
-    gpu = find_gpu(gpu_name) or DEFAULT_GPU
-    target = find_gpu(TARGET_GPU)
-    also = (target,) if target.entry != gpu.entry else ()
-
-    cpu = torch.device("cpu")
-    host = host_device_info(cpu)
-    host = dict(host, type="cpu", name=f"FakeTensorMode ({host['name']})")
-    env = environment(cpu)
-    fp = fingerprint(host, env, git)
-    # Paper-size cells first: they are the ones the estimator's error against the GPU is reported for.
-    order = sorted(plan.cell_parts, key=lambda p: p.size != "paper")
-    seen: set[tuple] = set()
-    started, skipped, done = time.monotonic(), [], 0
-    for part in order:
-        for cell in part.cells:
-            key = (part.size, part.batch, cell.key)
-            if key in seen:
-                continue
-            seen.add(key)
-            if budget.remaining("estimate") < (1.0 if plan.dry_run else 3.0):
-                skipped.append(f"{cell.key}@{part.size}")
-                continue
-            spec = CellSpec(variant=cell.variant.as_dict(), size=part.size, batch=part.batch, device="cpu",
-                            design=cell.design, baseline=cell.baseline, env_fingerprint=fp, host_device=host,
-                            git=git)
-            # The kernels the measured cells run: a GPU's, or on a dry run the CPU build's.
-            result = estimate_cell(spec, gpu, "cpu" if plan.dry_run else "cuda", also_gpus=also)
-            result.env = env
-            store.append(out / "results" / f"estimate-{part.size}.jsonl", result)
-            done += 1
-    log_part.elapsed_s = time.monotonic() - started
-    log_part.status = "partial" if skipped and done else "skipped" if skipped else "done"
-    if skipped:
-        log_part.notes.append(f"budget ran out: {len(skipped)} estimates not made: {', '.join(skipped)}")
-    log(f"estimate: {done} cells estimated" + (f", {len(skipped)} skipped" if skipped else ""))
+def collect_estimates(estimates: EstimateWorkers, budget: Budget, log_part: PartLog) -> None:
+    """The background estimates (bench.gpu_estimates), waited for until this part's deadline."""
+    started = time.monotonic()
+    done, notes = estimates.collect(deadline=budget.ends["estimate"])
+    log_part.elapsed_s, log_part.notes = time.monotonic() - started, notes
+    log_part.status = "partial" if any(n.startswith(("not estimated", "estimate workers")) for n in notes) else "done"
+    log(f"estimate: {done} cells estimated; " + "; ".join(notes))
 
 
 def write_reports(plan: Plan, out: Path, budget: Budget, log_part: PartLog) -> None:
@@ -349,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {"env_fingerprint": fingerprint(host, environment(device), git), "host_device": host, "git": git}
     reasons: dict[str, str | None] = {}
     running: PartLog | None = None
+    estimates: EstimateWorkers | None = None
     unfinished: str | None = None
     previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -361,9 +326,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "probe" in args.skip:
                     part.status, part.notes = "skipped", ["runs in the probe process, which was skipped"]
                 continue  # otherwise it ran inside the probe child
-            if name != "report" and budget.remaining(name) <= 0:
+            # The estimates made so far are collected, and the report built, however late it is.
+            if name not in ("estimate", "report") and budget.remaining(name) <= 0:
                 part.status, part.notes = "skipped", ["no time left in the budget"]
                 continue
+            if estimates is None and name != "probe" and "estimate" not in args.skip:
+                # After the probe and kernels, whose rates host load would disturb; before the first cell.
+                estimates = EstimateWorkers.start(plan, out, git, host.get("name", ""), out / "logs")
+                log(f"estimate: {len(estimates.processes)} CPU processes started, alongside the GPU parts")
             log(f"part {name} (until +{budget.ends[name] - budget.start:.0f} s)")
             running = part
             if name == "probe":
@@ -373,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                     host = named
                     common.update(host_device=host, env_fingerprint=fingerprint(host, environment(device), git))
             elif name == "estimate":
-                run_estimates(plan, out, budget, part, git, host.get("name", ""))
+                collect_estimates(estimates, budget, part)
             elif name == "report":
                 write_reports(plan, out, budget, part)
             else:
@@ -397,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             running.notes.append(f"{unfinished} {budget.elapsed():.0f} s into the run, during this part")
         if unfinished:
             kill_children()
+        if estimates is not None and not estimates.collected:  # stopped early: keep the estimates made
+            parts["estimate"].notes = estimates.collect(deadline=time.monotonic())[1]
         text = write_summary(out, plan, parts, budget, scale, unfinished)
         signal.signal(signal.SIGTERM, previous_handler)
         log(f"{unfinished or 'done'} after {budget.elapsed():.0f} s; "

@@ -6,7 +6,8 @@ and a slow one can only eat its own share. A part whose time has run out is skip
 cell is not started unless `min_start_s` remain (a half-timed cell is worth less than a recorded skip).
 
 Order is what the issue needs most first: the headline (paper size, bf16) and the variants that test
-its targets, then the estimator, single switches, and the seed's fp16 last.
+its targets, then single switches, and the seed's fp16 last. The estimator needs no GPU: it runs on the
+host's CPUs alongside the cell parts (bench.gpu_estimates), and the `estimate` part collects it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Plan:
     device: str
     probe_budget_s: float     # env, copy bandwidth, matmul, supports() (one child process)
     kernels_budget_s: float   # kernels.bench cases (the same child, after the probe)
-    estimate_budget_s: float  # FakeTensorMode, in gpu_check's own process (CPU only)
+    estimate_budget_s: float  # waiting for bench.gpu_estimates' CPU workers, which run alongside the cells
     report_budget_s: float
     cell_parts: tuple[CellPart, ...] = field(default_factory=tuple)
     threads: int = 0
@@ -55,8 +56,8 @@ class Plan:
 
     def part_names(self) -> list[str]:
         names = [p.name for p in self.cell_parts]
-        # The fixed parts sit where their data is needed: probe first, estimate after the targets.
-        return ["probe", "kernels", *names[:2], "estimate", *names[2:], "report"]
+        # The estimates run alongside the cell parts (bench.gpu_estimates) and are collected after them.
+        return ["probe", "kernels", *names, "estimate", "report"]
 
     def budgets(self) -> dict[str, float]:
         fixed = {"probe": self.probe_budget_s, "kernels": self.kernels_budget_s,
@@ -157,7 +158,7 @@ def make_plan(dry_run: bool) -> Plan:
                  PROFILE_TOP),
         # 23 cells, ~10 s each, mostly process start: whatever does not fit is skipped with a note, so the
         # seed's own switches go first.
-        CellPart("ofat-small", 125, "small", 2, "bf16",
+        CellPart("ofat-small", 155, "small", 2, "bf16",
                  _compiling_last(seed_switches_first(_cells("ofat", "bf16"))), short, 60, 12),
         # The seed measured in fp16: its two headline rows first (the budget may end the part there).
         CellPart("paper-fp16", 45, "paper", 4, "fp16", _headline_first(_cells("paper", "fp16")), short,
@@ -169,4 +170,4 @@ def make_plan(dry_run: bool) -> Plan:
                  PROFILE_TOP),
     )
     return Plan(False, "cuda", probe_budget_s=20, kernels_budget_s=40,
-                estimate_budget_s=40, report_budget_s=10, cell_parts=parts, threads=0)
+                estimate_budget_s=10, report_budget_s=10, cell_parts=parts, threads=0)

@@ -1,0 +1,50 @@
+"""bench.gpu_estimates: the order of the background estimates, and collecting what the workers wrote."""
+
+import json
+import subprocess
+import sys
+import time
+
+from bench.gpu_estimates import EstimateWorkers, _result_file, estimate_jobs
+from bench.gpu_plan import make_plan
+
+
+def test_every_planned_cell_is_estimated_once_paper_size_first():
+    plan = make_plan(dry_run=False)
+    jobs = estimate_jobs(plan)
+    keys = [(part.size, part.batch, cell.key) for part, cell in jobs]
+    assert len(keys) == len(set(keys))
+    planned = {(p.size, p.batch, c.key) for p in plan.cell_parts for c in p.cells}
+    assert set(keys) == planned
+    sizes = [size for size, _, _ in keys]
+    assert sizes == sorted(sizes, key=lambda s: s != "paper") and sizes[0] == "paper" and "small" in sizes
+
+
+def _row(part, cell) -> str:
+    return json.dumps({"size": part.size, "batch": part.batch, "variant_key": cell.key, "status": "ok"}) + "\n"
+
+
+def test_collect_stops_late_workers_and_keeps_only_complete_rows(tmp_path):
+    plan = make_plan(dry_run=True)
+    jobs = estimate_jobs(plan)
+    # Worker 0 finished its first two cells and was killed while writing the third.
+    path = _result_file(tmp_path, jobs[0][0].size, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(_row(*jobs[0]) + _row(*jobs[1]) + _row(*jobs[2])[:20])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    workers = EstimateWorkers(tmp_path, plan, [sleeper], started=time.monotonic())
+    started = time.monotonic()
+    done, notes = workers.collect(deadline=time.monotonic() + 0.5)
+    assert time.monotonic() - started < 10 and sleeper.returncode is not None  # stopped at the deadline
+    assert done == 2 and workers.collected
+    merged = (tmp_path / "results" / f"estimate-{jobs[0][0].size}.jsonl").read_text().splitlines()
+    assert [json.loads(line)["variant_key"] for line in merged] == [jobs[0][1].key, jobs[1][1].key]
+    missing = next(n for n in notes if n.startswith("not estimated in time"))
+    assert f"{len(jobs) - 2} cells" in missing and f"{jobs[2][1].key}@" in missing
+    assert not any(n.startswith("estimate workers") for n in notes)  # killed at the deadline is no failure
+
+
+def test_a_worker_that_fails_is_named(tmp_path):
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    _, notes = EstimateWorkers(tmp_path, make_plan(dry_run=True), [failing]).collect(time.monotonic() + 30)
+    assert "estimate workers [0] failed" in notes[0]
