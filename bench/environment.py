@@ -192,6 +192,12 @@ def describe_probe(record: dict[str, Any], micro: dict[str, Any]) -> list[str]:
                   if same else f"differs from bench.cuda_autocast's tables: not registered here "
                   f"{drift['not_registered']}, registered but not in the tables {drift['not_in_tables']}")
         lines.append(f"- CUDA autocast policy: {policy}")
+    order = record.get("sdp_priority_order")
+    if order:
+        # bench.cuda_sdpa emulates flash, memory-efficient and math; cuDNN's rules depend on its version.
+        caveat = ("; SDPA calls that force no kernel (BERT's attention, attn=sdpa) may take cuDNN here, "
+                  "which the estimator does not emulate" if order[0] == "CUDNN_ATTENTION" else "")
+        lines.append(f"- SDPA kernel order for unforced calls: {', '.join(order)}{caveat}")
     if micro:
         peak = micro.get("peak")
         frac = (f" ({micro['matmul_fraction_of_peak'] * 100:.1f} % of {peak['entry']} {peak['tflops']} TFLOP/s)"

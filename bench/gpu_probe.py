@@ -70,12 +70,26 @@ def _dump(path: Path, data: object) -> None:
     tmp.replace(path)
 
 
+def sdp_priority_order(device: torch.device) -> list[str]:
+    """The order in which SDPA tries its kernels for a call that forces none, as this build has it on
+    `device`. CUDA builds settle it at their first CUDA call (cuDNN first on an H100 with cuDNN > 9.15),
+    so one tiny call comes first; bench.cuda_sdpa's emulation, which the estimator runs on the CPU,
+    sees the order as it was before any such call."""
+    from torch.nn.attention import SDPBackend
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q = torch.zeros(1, 1, 8, 64, device=device, dtype=dtype)
+    torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    return [SDPBackend(b).name for b in torch._C._get_sdp_priority_order()]
+
+
 def step_env(device: torch.device) -> dict:
     from bench.cuda_autocast import policy_drift
     from bench.environment import device_info, environment, git_info, gpu_clocks
 
     return {"device": device_info(device), "env": environment(device), "clocks": gpu_clocks(device),
-            "git": git_info(), "autocast_policy_drift": policy_drift()}
+            "git": git_info(), "autocast_policy_drift": policy_drift(),
+            "sdp_priority_order": sdp_priority_order(device)}
 
 
 def step_micro(device: torch.device, timer: Callable, dry_run: bool) -> dict:

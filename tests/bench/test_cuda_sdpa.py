@@ -144,3 +144,17 @@ def test_a_variant_cuda_would_refuse_is_estimated_unsupported_with_the_reason():
     result = estimate_cell(spec, dispatch="cuda")
     assert result.status == "unsupported" and "['FLASH_ATTENTION'] for torch.float32" in result.reason
     assert estimate_cell(spec, dispatch="cpu").status == "ok"
+
+
+def test_the_probe_records_sdpas_order_and_the_summary_flags_cudnn_first():
+    from bench.environment import describe_probe
+    from bench.gpu_probe import sdp_priority_order
+
+    order = sdp_priority_order(torch.device("cpu"))
+    assert order == [SDPBackend(b).name for b in torch._C._get_sdp_priority_order()] and "MATH" in order
+    (line,) = [x for x in describe_probe({"sdp_priority_order": order}, {}) if "SDPA" in x]
+    assert ", ".join(order) in line and "cuDNN" not in line
+    # A CUDA build on an H100 with a recent cuDNN moves cuDNN first at its first call.
+    cudnn_first = ["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+    (line,) = [x for x in describe_probe({"sdp_priority_order": cudnn_first}, {}) if "SDPA" in x]
+    assert "may take cuDNN here, which the estimator does not emulate" in line
