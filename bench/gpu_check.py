@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     reasons: dict[str, str | None] = {}
     running: PartLog | None = None
     estimates: EstimateWorkers | None = None
+    cell_part_names = {p.name for p in plan.cell_parts}
     unfinished: str | None = None
     previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in ("estimate", "report") and budget.remaining(name) <= 0:
                 part.status, part.notes = "skipped", ["no time left in the budget"]
                 continue
-            if estimates is None and name != "probe" and "estimate" not in args.skip:
+            if estimates is None and name in cell_part_names and "estimate" not in args.skip:
                 # After the probe and kernels, whose rates host load would disturb; before the first cell.
                 estimates = EstimateWorkers.start(plan, out, git, host.get("name", ""), out / "logs")
                 log(f"estimate: {len(estimates.processes)} CPU processes started, alongside the GPU parts")
@@ -343,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                     host = named
                     common.update(host_device=host, env_fingerprint=fingerprint(host, environment(device), git))
             elif name == "estimate":
-                collect_estimates(estimates, budget, part)
+                if estimates is None:
+                    part.status, part.notes = "skipped", ["no cell part ran, so no estimate was started"]
+                else:
+                    collect_estimates(estimates, budget, part)
             elif name == "report":
                 write_reports(plan, out, budget, part)
             else:

@@ -48,3 +48,14 @@ def test_a_worker_that_fails_is_named(tmp_path):
     failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
     _, notes = EstimateWorkers(tmp_path, make_plan(dry_run=True), [failing]).collect(time.monotonic() + 30)
     assert "estimate workers [0] failed" in notes[0]
+
+
+def test_with_every_cell_part_skipped_no_estimate_is_started(tmp_path):
+    from bench import gpu_check
+
+    plan = make_plan(dry_run=True)
+    skips = [arg for name in ("probe", "report", *(p.name for p in plan.cell_parts)) for arg in ("--skip", name)]
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path), *skips]) == 0
+    (estimate,) = [p for p in json.loads((tmp_path / "parts.json").read_text())["parts"] if p["name"] == "estimate"]
+    assert estimate["status"] == "skipped" and "no cell part ran" in estimate["notes"][0]
+    assert not (tmp_path / "results" / "estimates").exists()
