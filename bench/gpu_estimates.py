@@ -34,14 +34,15 @@ WORKER_NICE = 10
 
 
 def estimate_jobs(plan: Plan) -> list[tuple[CellPart, Cell]]:
-    """Every planned (size, batch, cell) once, paper-size parts first."""
+    """Every planned (size, batch, cell) once, paper-size parts first (the first
+    `plan.estimated_cells` of them, if set)."""
     jobs, seen = [], set()
     for part in sorted(plan.cell_parts, key=lambda p: p.size != "paper"):
         for cell in part.cells:
             if (part.size, part.batch, cell.key) not in seen:
                 seen.add((part.size, part.batch, cell.key))
                 jobs.append((part, cell))
-    return jobs
+    return jobs[:plan.estimated_cells]
 
 
 def worker_count(dry_run: bool) -> int:

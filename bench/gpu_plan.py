@@ -49,6 +49,7 @@ class Plan:
     report_budget_s: float
     cell_parts: tuple[CellPart, ...] = field(default_factory=tuple)
     threads: int = 0
+    estimated_cells: "int | None" = None  # estimate only the first N cells (bench.gpu_estimates); None: all
 
     @property
     def total_s(self) -> float:
@@ -141,7 +142,10 @@ def make_plan(dry_run: bool) -> Plan:
                      (Cell(modern.replace(precision="fp16"), "paper"),), quick, 60, 3),
         )
         return Plan(True, "cpu", probe_budget_s=15, kernels_budget_s=10,
-                    estimate_budget_s=10, report_budget_s=15, cell_parts=parts, threads=1)
+                    estimate_budget_s=10, report_budget_s=15, cell_parts=parts, threads=1,
+                    # Enough for the estimate section and each report's estimate columns: the tiny
+                    # cells take 3-9 s each on CI's 2 cores, which the cells and tests share.
+                    estimated_cells=4)
     headline = {"warmup": 2, "warmup_time_s": 0.0, "repeats": 6, "min_time_s": 0.0, "attempts": 1}
     # The targets' verdicts need an interval on each step ratio, which reports.stats draws from at least
     # MIN_SAMPLES (5) timed steps a cell; the other parts keep 4 (a step less per cell, to fit the budget)
