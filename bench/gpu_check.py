@@ -35,9 +35,9 @@ import torch
 from bench import store
 from bench.cell import write_atomic
 from bench.config import parse_with_config
-from bench.gpu_estimates import EstimateWorkers
 from bench.environment import (REPO_ROOT, UNKNOWN_GPU_NAME, environment, fingerprint, git_info,
                                host_device_info)
+from bench.gpu_estimates import EstimateWorkers
 from bench.gpu_summary import notes_of, summarize
 from bench.gpu_plan import CellPart, Plan, make_plan
 from bench.result import Result
@@ -191,9 +191,9 @@ def run_cell_part(part: CellPart, plan: Plan, out: Path, budget: Budget, log_par
 def collect_estimates(estimates: EstimateWorkers, budget: Budget, log_part: PartLog) -> None:
     """The background estimates (bench.gpu_estimates), waited for until this part's deadline."""
     started = time.monotonic()
-    done, notes = estimates.collect(deadline=budget.ends["estimate"])
+    done, complete, notes = estimates.collect(deadline=budget.ends["estimate"])
     log_part.elapsed_s, log_part.notes = time.monotonic() - started, notes
-    log_part.status = "partial" if any(n.startswith(("not estimated", "estimate workers")) for n in notes) else "done"
+    log_part.status = "done" if complete else "partial"
     log(f"estimate: {done} cells estimated; " + "; ".join(notes))
 
 
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if unfinished:
             kill_children()
         if estimates is not None and not estimates.collected:  # stopped early: keep the estimates made
-            parts["estimate"].notes = estimates.collect(deadline=time.monotonic())[1]
+            parts["estimate"].notes = estimates.collect(deadline=time.monotonic())[2]
         text = write_summary(out, plan, parts, budget, scale, unfinished)
         signal.signal(signal.SIGTERM, previous_handler)
         log(f"{unfinished or 'done'} after {budget.elapsed():.0f} s; "

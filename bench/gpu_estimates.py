@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import store
 from bench.design import Cell
 from bench.gpu_plan import CellPart, Plan, make_plan
 
@@ -50,8 +52,12 @@ def worker_count(dry_run: bool) -> int:
     return 1 if dry_run else max(1, min(4, (os.cpu_count() or 2) // 4))
 
 
+def _worker_dir(out: Path) -> Path:
+    return out / "results" / "estimates"
+
+
 def _result_file(out: Path, size: str, worker: int) -> Path:
-    return out / "results" / "estimates" / f"estimate-{size}.w{worker}.jsonl"
+    return _worker_dir(out) / f"estimate-{size}.w{worker}.jsonl"
 
 
 @dataclass
@@ -68,6 +74,7 @@ class EstimateWorkers:
     def start(cls, plan: Plan, out: Path, git: dict, gpu_name: str, log_dir: Path) -> "EstimateWorkers":
         workers = cls(out, plan, started=time.monotonic())
         count = worker_count(plan.dry_run)
+        shutil.rmtree(_worker_dir(out), ignore_errors=True)  # an earlier run's in this folder
         log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # CPU only: no CUDA context
         for index in range(count):
@@ -79,9 +86,9 @@ class EstimateWorkers:
                     env=env, start_new_session=True))
         return workers
 
-    def collect(self, deadline: float) -> tuple[int, list[str]]:
-        """Wait for the workers until `deadline` (time.monotonic()), stop the rest, merge their files.
-        Returns (cells estimated, notes)."""
+    def collect(self, deadline: float) -> tuple[int, bool, list[str]]:
+        """Wait for the workers until `deadline` (time.monotonic()), stop the rest, merge their files into
+        results/estimate-<size>.jsonl. Returns (cells estimated, whether every job was, notes)."""
         notes = []
         for process in self.processes:
             try:
@@ -93,25 +100,19 @@ class EstimateWorkers:
         if failed:
             notes.append(f"estimate workers {failed} failed (logs/estimate-worker<i>.log)")
         estimated = set()
-        for size in {part.size for part in self.plan.cell_parts}:
-            lines = []
-            for index in range(len(self.processes)):
-                path = _result_file(self.out, size, index)
-                if path.exists():
-                    # A worker killed mid-write leaves a partial last line: keep complete lines only.
-                    lines += [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
-            if lines:
-                (self.out / "results" / f"estimate-{size}.jsonl").write_text("".join(lines))
-                rows = [json.loads(line) for line in lines]
-                estimated |= {(row["size"], row["batch"], row["variant_key"]) for row in rows}
+        for path in sorted(_worker_dir(self.out).glob("estimate-*.w*.jsonl")):
+            # store.read skips the partial last line of a worker killed mid-write.
+            for result in store.read(path).results:
+                store.append(self.out / "results" / f"estimate-{result.size}.jsonl", result)
+                estimated.add((result.size, result.batch, result.variant_key))
+        shutil.rmtree(_worker_dir(self.out), ignore_errors=True)  # merged: kept once, not twice
         missing = [f"{cell.key}@{part.size}" for part, cell in estimate_jobs(self.plan)
                    if (part.size, part.batch, cell.variant.key) not in estimated]
         if missing:
             notes.append(f"not estimated in time: {len(missing)} cells: {', '.join(missing)}")
         notes.append(f"{len(self.processes)} niced single-thread CPU processes alongside the GPU parts, "
                      f"collected {time.monotonic() - self.started:.0f} s after they started")
-        return len(estimated), notes
-
+        return len(estimated), not (failed or missing), notes
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -125,7 +126,6 @@ def _kill(process: subprocess.Popen) -> None:
 def run_worker(out: Path, worker: int, workers: int, gpu_name: str, dry_run: bool, git: dict) -> int:
     import torch
 
-    from bench import store
     from bench.cell import CellSpec
     from bench.environment import environment, fingerprint, host_device_info
     from bench.estimate import DEFAULT_GPU, estimate_cell
