@@ -38,7 +38,8 @@ from bench.config import parse_with_config
 from bench.environment import (REPO_ROOT, UNKNOWN_GPU_NAME, environment, fingerprint, git_info,
                                host_device_info)
 from bench.gpu_estimates import EstimateWorkers
-from bench.gpu_summary import notes_of, summarize
+from bench.gpu_figures import notes_of
+from bench.gpu_summary import summarize
 from bench.gpu_plan import CellPart, Plan, make_plan
 from bench.result import Result
 

@@ -14,14 +14,15 @@ from typing import Any
 
 from bench import store
 from bench.environment import describe_probe
+from bench.gpu_figures import (bare_ratio_line, error, gib, memory_of, ms, notes_of, pct, ratio, step_of,
+                                step_samples, verdict_flags, x, x_ci)
 from bench.gpu_plan import Plan
 from bench.gpu_specs import find_gpu
 from bench.result import Result
 from models import Variant
 from reports import labels
-from reports.stats import MIN_SAMPLES, median_ratio_ci
+from reports.stats import median_ratio_ci
 
-GIB = 2**30
 # The seed's README (batch 16, fp16 AMP, device-wide memory): FA+SwiGLU+RMSNorm+SigLIP against
 # SA+GEGLU+LN+SigLIP: 90.95 / 118.98 GB memory, 1234.89 / 1311.98 ms per step (it claims 1.06x faster).
 SEED_MEMORY_RATIO = 0.764
@@ -39,46 +40,6 @@ KERNEL_TABLES = (
 )
 
 
-def memory_of(r: Result) -> tuple[int | None, str]:
-    m = r.memory
-    if m.gpu_allocated_peak_bytes is not None:
-        return m.gpu_allocated_peak_bytes, "allocator peak"
-    parts = (m.param_bytes, m.grad_bytes, m.optimizer_state_bytes, m.saved_activations_bytes)
-    if all(p is not None for p in parts):
-        return sum(parts), "accounted (no GPU)"
-    return None, ""
-
-
-def step_of(r: Result) -> float | None:
-    return r.stages["step"].median if r.status == "ok" and "step" in r.stages else None
-
-
-def step_samples(r: Result | None) -> list[float] | None:
-    return r.stages["step"].samples if r is not None and step_of(r) is not None else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _error(predicted: float | None, measured: float | None) -> float | None:
-    ratio = _ratio(predicted, measured)
-    return None if ratio is None else ratio - 1
-
-
-def _x(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}x"
-
-
-def _x_ci(ratio: float | None, interval: list[float] | tuple[float, float] | None, samples: int | None = None
-          ) -> str:
-    """0.940x [0.93, 0.95]: the ratio and its 95 % bootstrap interval (reports/stats.py); without one,
-    given `samples`, 0.940x (4 samples, no interval): a bare ratio must not pass for a resolved one."""
-    if ratio is not None and interval:
-        return f"{_x(ratio)} [{interval[0]:.2f}, {interval[1]:.2f}]"
-    return _x(ratio) + (f" ({samples} samples, no interval)" if ratio is not None and samples is not None else "")
-
-
 def fast_target_reached(time_ratio: float, mfu: float | None) -> bool | None:
     """Step time <= TARGET_FAST_TIME x with MFU >= TARGET_FAST_MFU; None: the time is, MFU unknown."""
     if time_ratio > TARGET_FAST_TIME or (mfu is not None and mfu < TARGET_FAST_MFU):
@@ -86,26 +47,9 @@ def fast_target_reached(time_ratio: float, mfu: float | None) -> bool | None:
     return None if mfu is None else True
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v * 100:.1f} %"
-
-
-def _gib(v: int | None) -> str:
-    return "n/a" if v is None else f"{v / GIB:.3f}"
-
-
-def _ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1e3:.1f}"
-
-
 def _read(path: Path) -> list[Result]:
     """The file's latest row of each cell."""
     return list({r.cell_key: r for r in store.read(path).results}.values()) if path.exists() else []
-
-
-def notes_of(r: Result) -> str:
-    """Why the cell did not run, or its flags, as the reports' notes column words them (no '|' here)."""
-    return labels.note(r.status, r.reason, r.message, r.flags, limit=160).replace("|", "/")
 
 
 def row(r: Result, base: Result | None) -> dict[str, Any]:
@@ -115,24 +59,18 @@ def row(r: Result, base: Result | None) -> dict[str, Any]:
     ci = None if r is base else median_ratio_ci(samples, base_samples)
     return {"variant": r.variant_key, "status": r.status, "reason": notes if r.status != "ok" else "",
             "notes": notes, "flags": list(r.flags), "step_s": step_of(r), "memory_bytes": mem,
-            "memory_kind": mem_kind, "time_ratio": _ratio(step_of(r), step_of(base) if base else None),
+            "memory_kind": mem_kind, "time_ratio": ratio(step_of(r), step_of(base) if base else None),
             "time_ratio_ci": ci,
             # A ratio too few timed steps gave no interval: the fewer of the two cells' counts, to print.
             "no_interval_samples": (min(len(samples), len(base_samples)) if samples and base_samples
                                     and r is not base and ci is None else None),
-            "memory_ratio": _ratio(mem, base_mem), "tflops_per_s": r.tflops_per_s, "mfu": r.mfu,
+            "memory_ratio": ratio(mem, base_mem), "tflops_per_s": r.tflops_per_s, "mfu": r.mfu,
             "hfu": r.hfu, "position": r.variant.get("position")}
-
-
-def _warnings(d: dict[str, Any]) -> str:
-    """The row's flags that bear on a verdict: all but the spread of a stage other than the whole step."""
-    kept = [f for f in d["flags"] if not f.startswith("noisy:") or f == "noisy:step"]
-    return labels.note("ok", None, None, kept, limit=160).replace("|", "/")
 
 
 def _caveats(d: dict[str, Any]) -> str:
     """What qualifies a candidate's verdict: a step ratio without an interval, the row's flags."""
-    n, flagged = d["no_interval_samples"], _warnings(d)
+    n, flagged = d["no_interval_samples"], verdict_flags(d["flags"])
     return (f" Step ratio: {n} samples, no interval." if n else "") + (f" Flagged: {flagged}." if flagged else "")
 
 
@@ -145,15 +83,11 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {d['variant']} | {d['status']} | | | | | | | | {d['notes']} |")
             continue
         tf = "n/a" if d["tflops_per_s"] is None else f"{d['tflops_per_s']:.3g}"
-        time_x = _x_ci(d["time_ratio"], d["time_ratio_ci"])
-        lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {_gib(d['memory_bytes'])} | {time_x} | "
-                     f"{_x(d['memory_ratio'])} | {tf} | {_pct(d['mfu'])} | {_pct(d['hfu'])} | {d['notes']} |")
+        time_x = x_ci(d["time_ratio"], d["time_ratio_ci"])
+        lines.append(f"| {d['variant']} | ok | {d['step_s'] * 1e3:.1f} | {gib(d['memory_bytes'])} | {time_x} | "
+                     f"{x(d['memory_ratio'])} | {tf} | {pct(d['mfu'])} | {pct(d['hfu'])} | {d['notes']} |")
     # Each cell's count is too long for the table: one line under it, for the ratios left bare.
-    bare = sorted({d["no_interval_samples"] for d in rows if d["no_interval_samples"]})
-    if bare:
-        counts = " or ".join(str(n) for n in bare)
-        lines += ["", f"Time ratios without brackets: {counts} samples per cell, no interval (reports/stats.py "
-                      f"draws one from {MIN_SAMPLES} or more)."]
+    lines += bare_ratio_line([d["no_interval_samples"] for d in rows if d["no_interval_samples"]])
     return lines
 
 
@@ -171,23 +105,24 @@ def paper_section(results: list[Result], precision: str, size: str) -> tuple[lis
     lines = [f"## Paper design, {size} size, {precision}", ""] + _table(rows) + [""]
     head: dict[str, Any] = {"precision": precision, "rows": rows}
     if modern and faithful and modern["status"] == faithful["status"] == "ok":
-        head.update(memory_ratio=_ratio(modern["memory_bytes"], faithful["memory_bytes"]),
-                    time_ratio=_ratio(modern["step_s"], faithful["step_s"]),
+        head.update(memory_ratio=ratio(modern["memory_bytes"], faithful["memory_bytes"]),
+                    time_ratio=ratio(modern["step_s"], faithful["step_s"]),
                     time_ratio_ci=median_ratio_ci(*(step_samples(by_result[d["variant"]]) for d in (modern, faithful))),
                     mfu_faithful=faithful["mfu"], mfu_modern=modern["mfu"])
         samples = min(len(step_samples(by_result[d["variant"]])) for d in (modern, faithful))
         # A flag (fp16_overflow: skipped steps did less work; accounting_failed: no MFU) qualifies the headline.
-        flagged = {name: text for name, d in (("modern", modern), ("faithful", faithful)) if (text := _warnings(d))}
+        flagged = {name: text for name, d in (("modern", modern), ("faithful", faithful))
+                   if (text := verdict_flags(d["flags"]))}
         head["flagged"] = flagged
         if flagged:
             lines += ["**Warning: flagged " + "; ".join(f"{name} row: {text}" for name, text in flagged.items())
                       + ". The comparison below may be biased or incomplete.**", ""]
         lines += [f"**Modern (FA + SwiGLU + RMSNorm + SigLIP) against faithful (SA + GEGLU + LN + softmax), "
-                  f"measured in this run:** memory {_x(head['memory_ratio'])} ({modern['memory_kind']}), "
-                  f"step time {_x_ci(head['time_ratio'], head['time_ratio_ci'], samples)}. "
+                  f"measured in this run:** memory {x(head['memory_ratio'])} ({modern['memory_kind']}), "
+                  f"step time {x_ci(head['time_ratio'], head['time_ratio_ci'], samples)}. "
                   f"The seed published {SEED_MEMORY_RATIO}x memory and "
                   f"{SEED_TIME_RATIO}x step time (\"1.06x faster\"; batch 16, fp16 AMP, device-wide memory).",
-                  f"MFU: faithful {_pct(faithful['mfu'])}, modern {_pct(modern['mfu'])}.", ""]
+                  f"MFU: faithful {pct(faithful['mfu'])}, modern {pct(modern['mfu'])}.", ""]
     else:
         lines += ["Modern against faithful: not both measured in this run.", ""]
     return lines, head
@@ -235,8 +170,8 @@ def targets_section(targets: list[Result], paper: list[Result], estimates: "dict
     lean_pool = [d for d in ok if d["memory_ratio"] is not None and d["time_ratio"] <= TARGET_LEAN_TIME]
     fast_ok = fast_target_reached(fast["time_ratio"], fast["mfu"])
     out["fastest"] = dict(fast, reached=fast_ok)
-    fast_x = _x_ci(fast["time_ratio"], fast["time_ratio_ci"])
-    lines.append(f"- Fastest: {fast['variant']}: {fast_x} step time, MFU {_pct(fast['mfu'])} "
+    fast_x = x_ci(fast["time_ratio"], fast["time_ratio_ci"])
+    lines.append(f"- Fastest: {fast['variant']}: {fast_x} step time, MFU {pct(fast['mfu'])} "
                  f"(target <= {TARGET_FAST_TIME}x with MFU >= {TARGET_FAST_MFU:.0%} on an {TARGET_GPU}): "
                  f"{VERDICT[fast_ok]}.{_caveats(fast)}")
     by_key = {r.variant_key: r for r in targets + paper}
@@ -246,15 +181,15 @@ def targets_section(targets: list[Result], paper: list[Result], estimates: "dict
         out["fastest_on_target_gpu"] = dict(carried, reached=carried_ok)
         lines.append(f"  Measured on an {carried['measured_on']}, not the {carried['gpu']} the target names. At each "
                      f"cell's measured / roofline ratio here, bench.roofline's {carried['gpu']} bounds put it at "
-                     f"{_ms(carried['step_s'])} ms, {_x(carried['time_ratio'])} the faithful step, MFU "
-                     f"{_pct(carried['mfu'])}: {VERDICT[carried_ok]} there (an estimate "
+                     f"{ms(carried['step_s'])} ms, {x(carried['time_ratio'])} the faithful step, MFU "
+                     f"{pct(carried['mfu'])}: {VERDICT[carried_ok]} there (an estimate "
                      f"from this run, not a measurement).")
     if lean_pool:
         lean = min(lean_pool, key=lambda d: d["memory_ratio"])
         lean_ok = lean["memory_ratio"] <= TARGET_LEAN_MEMORY
         out["leanest"] = dict(lean, reached=lean_ok)
         lines.append(f"- Leanest with step time <= {TARGET_LEAN_TIME}x: {lean['variant']}: "
-                     f"{_x(lean['memory_ratio'])} memory, {_x_ci(lean['time_ratio'], lean['time_ratio_ci'])} time "
+                     f"{x(lean['memory_ratio'])} memory, {x_ci(lean['time_ratio'], lean['time_ratio_ci'])} time "
                      f"(target <= {TARGET_LEAN_MEMORY}x): {'reached' if lean_ok else 'not reached'}.{_caveats(lean)}")
     else:
         lines.append(f"- Leanest: no candidate kept its step time within {TARGET_LEAN_TIME}x.")
@@ -280,9 +215,9 @@ def estimate_section(estimates: dict[tuple, Result], measured: list[Result]) -> 
         roofline_s = e.roofline["step_s"] if e.roofline else None
         step = step_of(r) if r.device.get("type") == "cuda" else None  # a CPU step has no H100 roofline
         rows.append({"variant": r.variant_key, "size": r.size, "batch": r.batch, "predicted_peak_bytes": predicted,
-                     "measured_peak_bytes": peak, "peak_error": _error(predicted, peak),
-                     "requested_peak_bytes": requested, "requested_error": _error(predicted, requested),
-                     "saved_error": _error(saved_pred, saved_meas), "roofline_step_s": roofline_s,
+                     "measured_peak_bytes": peak, "peak_error": error(predicted, peak),
+                     "requested_peak_bytes": requested, "requested_error": error(predicted, requested),
+                     "saved_error": error(saved_pred, saved_meas), "roofline_step_s": roofline_s,
                      "measured_step_s": step,
                      "step_over_roofline": step / roofline_s if step and roofline_s else None})
     lines = ["## Estimator (bench.estimate, FakeTensorMode) against measurement", "",
@@ -291,9 +226,9 @@ def estimate_section(estimates: dict[tuple, Result], measured: list[Result]) -> 
              "|---|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
         roof, step, over = d["roofline_step_s"], d["measured_step_s"], d["step_over_roofline"]
-        lines.append(f"| {d['variant']} | {d['size']} b{d['batch']} | {_gib(d['predicted_peak_bytes'])} | "
-                     f"{_gib(d['measured_peak_bytes'])} | {_pct(d['peak_error'])} | {_pct(d['requested_error'])} | "
-                     f"{_pct(d['saved_error'])} | {_ms(roof)} | {_ms(step)} | {f'{over:.2f}×' if over else 'n/a'} |")
+        lines.append(f"| {d['variant']} | {d['size']} b{d['batch']} | {gib(d['predicted_peak_bytes'])} | "
+                     f"{gib(d['measured_peak_bytes'])} | {pct(d['peak_error'])} | {pct(d['requested_error'])} | "
+                     f"{pct(d['saved_error'])} | {ms(roof)} | {ms(step)} | {f'{over:.2f}×' if over else 'n/a'} |")
     if not rows:
         lines.append("| (no cell has both an estimate and a measurement) | | | | | | | | | |")
     errors = [abs(d["peak_error"]) for d in rows if d["peak_error"] is not None]
@@ -355,7 +290,7 @@ def profile_section(results: list[Result], shown: int = 8) -> tuple[list[str], d
         lines += ["| operator | self ms | calls | share |", "|---|---|---|---|"]
         for op in r.profile[:shown]:
             name = op["name"].replace("|", "/")
-            lines.append(f"| `{name}` | {op['self_s'] * 1e3:.2f} | {op['calls']} | {_pct(op['share'])} |")
+            lines.append(f"| `{name}` | {op['self_s'] * 1e3:.2f} | {op['calls']} | {pct(op['share'])} |")
         lines.append("")
     if not data:
         lines.append("(no profiled cell)")
