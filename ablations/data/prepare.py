@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ablations.data.ctrate import CTRateDataset
 from ablations.data.errors import DataError
 from ablations.data.layout import SPLITS, Layout
-from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES
+from ablations.data.resample import VOLUME_SIZES, voxel_spacing
 from ablations.data.shards import write_shard
 from ablations.data.volume_io import RESCALE_MODES
 from bench.config import parse_with_config
@@ -84,7 +84,8 @@ def prepare_split(src: "str | Path", out: "str | Path", split: str, size: str = 
     records = [json.loads(p.with_suffix(".json").read_text()) for p in paths]
     skipped = [{"name": n, "error": e} for n, e in ds.skipped] + [s for r in records for s in r["skipped"]]
     manifest = {"total_samples": sum(r["samples"] for r in records), "split": split, "size": size,
-                "volume_shape": list(ds.target), "spacing_mm": list(TARGET_SPACING), "volume_dtype": "float16",
+                "volume_shape": list(ds.target), "spacing_mm": list(voxel_spacing(ds.target)),
+                "volume_dtype": "float16",
                 "layout": "bin=(H,W,D) float16; labels=18 float32; txt; json", "source": str(Path(src).resolve()),
                 "shards": [{"name": r["name"], "samples": r["samples"]} for r in records], "skipped": skipped,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -3,9 +3,10 @@
     python -m ablations.data.synthetic --out DIR --n 200 --size tiny --seed 0
 
 Patients get one or two scans, scans one or two reconstructions (as in CT-RATE, reconstructions of a
-scan share its report and labels). Volumes are stored like real scans: int16 in a native spacing that
-differs from the model's 0.75 x 0.75 x 1.5 mm, with a field of view a little wider and a length a
-little shorter or longer than the crop, so the loader really resamples, crops and pads. Each volume
+scan share its report and labels). Volumes are stored like real scans: int16 in a native spacing finer
+than the model input's voxels (0.75 x 0.75 x 1.5 mm at paper size, coarser below it: see
+resample.voxel_spacing), with a field of view a little wider and a length a little shorter or longer
+than the input's, so the loader really resamples, crops and pads. Each volume
 is stored one of three ways that real data mixes: raw values with slope/intercept in the metadata
 CSV only, already-HU values (while the CSV still lists an intercept: CT-RATE v2's pitfall), or raw
 values with the scaling in the NIfTI header. Everything is deterministic in --seed, and volume i does
@@ -35,10 +36,10 @@ from ablations.data.labels import ABNORMALITIES, sample_labels
 from ablations.data.layout import Layout, VolumeId
 from ablations.data.phantom import render_scan
 from ablations.data.reports import write_report
-from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES, target_shape
+from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES, target_shape, voxel_spacing
 from bench.config import parse_with_config
 
-NOMINAL_FOV_MM = 360.0  # the paper crop: 480 x 0.75 mm; smaller sizes get a scaled-down chest
+NOMINAL_FOV_MM = 360.0  # the paper input: 480 x 0.75 mm; smaller sizes draw the chest on coarser voxels
 INTERCEPT = -1024.0
 
 
@@ -85,6 +86,7 @@ def generate_volume(plan: VolumePlan, size: str, seed: int, layout: Layout,
     """Render and write one volume; returns its CSV rows. `tree`: the patient's airway tree, if grown."""
     depth, side, _ = target_shape(size)
     scale = NOMINAL_FOV_MM / (side * TARGET_SPACING[1])
+    stretch = tuple(v / t for v, t in zip(voxel_spacing((depth, side, side))[:2], TARGET_SPACING[:2]))  # (z, xy)
     anatomy = patient_anatomy(seed, plan.patient_index)
     scan_rng = np.random.default_rng([seed, plan.patient_index, plan.scan_index, 1])
     labels = sample_labels(scan_rng)
@@ -103,7 +105,12 @@ def generate_volume(plan: VolumePlan, size: str, seed: int, layout: Layout,
     storage = str(rng.choice(["raw", "hu", "header"], p=[0.6, 0.25, 0.15]))
     stored = hu if storage == "hu" else hu - INTERCEPT
     data = np.clip(np.rint(stored), -32768, 32767).astype(np.int16).transpose(1, 2, 0)  # (H, W, D) on disk
-    img = nib.Nifti1Image(data, np.diag([xy, xy, z, 1.0]))
+    # The grid is drawn in the paper input's voxel units (`scale` anatomy mm each); the file records real
+    # mm, the spacing at which the loader's voxel_spacing(size) fits the whole chest into the input.
+    # In-plane that factor is `scale` itself; along z it is (360 / depth) / 1.5, so at tiny (12 x 40 x 40)
+    # a phantom's chest reads 5/3 longer than it was drawn.
+    z_mm, xy_mm = (round(v * f, 6) for v, f in zip((z, xy), stretch))
+    img = nib.Nifti1Image(data, np.diag([xy_mm, xy_mm, z_mm, 1.0]))
     img.header.set_data_dtype(np.int16)
     if storage == "header":
         img.header.set_slope_inter(1.0, INTERCEPT)
@@ -115,7 +122,7 @@ def generate_volume(plan: VolumePlan, size: str, seed: int, layout: Layout,
     sex = "M" if rng.random() < 0.55 else "F"
     metadata = {"VolumeName": name, "Manufacturer": "SYNTHETIC", "PatientSex": sex,
                 "PatientAge": f"{int(rng.integers(25, 90)):03d}Y", "Rows": grid.shape[1], "Columns": grid.shape[2],
-                "NumberofSlices": grid.shape[0], "XYSpacing": f"[{xy}, {xy}]", "ZSpacing": z,
+                "NumberofSlices": grid.shape[0], "XYSpacing": f"[{xy_mm}, {xy_mm}]", "ZSpacing": z_mm,
                 "RescaleIntercept": INTERCEPT, "RescaleSlope": 1.0, "RescaleType": "HU", "StorageMode": storage}
     report = {"VolumeName": name, "ClinicalInformation_EN": "Not given.",
               "Technique_EN": "Non-contrast thorax CT.", "Findings_EN": findings_text, "Impressions_EN": impression}

@@ -1,5 +1,6 @@
 """The CT-RATE loader: shapes, range and spacing; HU detection; every bad-input message."""
 
+import ast
 import shutil
 
 import nibabel as nib
@@ -12,7 +13,7 @@ from ablations.data import ctrate
 from ablations.data.ctrate import CTRateDataset, clean_text, collate
 from ablations.data.errors import DataError
 from ablations.data.layout import Layout
-from ablations.data.resample import VOLUME_SIZES, preprocess_hu, target_shape
+from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES, preprocess_hu, target_shape, voxel_spacing
 from ablations.data.volume_io import read_volume
 from models.variant import SIZES
 
@@ -61,7 +62,7 @@ def test_spacing_and_axis_order_from_markers(tmp_path):
     _write(tmp_path / "m.nii.gz", hu, spacing)
     raw = read_volume(tmp_path / "m.nii.gz", None, None)
     assert raw.spacing == pytest.approx(spacing) and raw.hu.shape == shape
-    out = preprocess_hu(raw.hu, raw.spacing, (70, 100, 100))[0]
+    out = preprocess_hu(raw.hu, raw.spacing, (70, 100, 100), new_spacing=TARGET_SPACING)[0]
     assert out.shape == (70, 100, 100)
     for axis, expected in ((0, 10), (1, 20), (2, 20)):
         profile = out.mean(dim=tuple(a for a in range(3) if a != axis)).numpy()
@@ -69,6 +70,47 @@ def test_spacing_and_axis_order_from_markers(tmp_path):
         peaks = np.nonzero((inside[1:-1] > inside[:-2]) & (inside[1:-1] >= inside[2:]) & (inside[1:-1] > -0.5))[0]
         assert np.median(np.diff(peaks)) == pytest.approx(expected, abs=1), axis
     assert (out[:5] == -1).all() and (out[-5:] == -1).all()  # 90 mm of data centred in 105 mm, padded with -1
+
+
+def test_every_size_keeps_upstreams_360_mm_field_of_view():
+    assert voxel_spacing(target_shape("paper")) == TARGET_SPACING  # exactly upstream's 1.5 x 0.75 x 0.75 mm
+    for name in VOLUME_SIZES:
+        shape = target_shape(name)
+        assert [n * mm for n, mm in zip(shape, voxel_spacing(shape))] == pytest.approx([360.0] * 3)
+
+
+def test_a_real_size_chest_fits_whole_into_the_tiny_input(tmp_path):
+    # A 320 x 240 mm body (elliptic cylinder, soft tissue in air) on a 511 x 509 grid at 0.7 mm, 301
+    # slices of 1 mm: at tiny's 9 mm pixels the body spans 320 / 9 = 35.6 of the 40 columns, with air on
+    # both sides (a crop at upstream's 0.75 mm would be all body).
+    depth, rows, cols, pixel = 301, 509, 511, 0.7
+    y, x = ((np.arange(n) + 0.5 - n / 2) * pixel for n in (rows, cols))
+    body = (x[None, :] / 160.0) ** 2 + (y[:, None] / 120.0) ** 2 <= 1.0
+    hu = np.where(body, 40.0, -1000.0).astype(np.float32)[None].repeat(depth, axis=0)
+    _write(tmp_path / "chest.nii.gz", hu, (1.0, pixel, pixel))
+    raw = read_volume(tmp_path / "chest.nii.gz", None, None)
+    out = preprocess_hu(raw.hu, raw.spacing, target_shape("tiny"))[0]
+    assert out.shape == target_shape("tiny")
+    middle = out[out.shape[0] // 2, out.shape[1] // 2]
+    assert 34 <= int((middle > -0.5).sum()) <= 37
+    assert middle[0] < -0.9 and middle[-1] < -0.9
+    column = out[out.shape[0] // 2, :, out.shape[2] // 2]  # 240 mm / 9 mm = 26.7 rows of body
+    assert 25 <= int((column > -0.5).sum()) <= 28
+
+
+def test_phantom_files_record_the_real_size_spacing(tiny_tree):
+    # A tiny phantom is a whole chest on coarse voxels: its header and CSV spacing times its voxel count
+    # cover about the input's 360 mm (generated 1.0-1.1x in-plane and 0.85-1.1x along z).
+    layout = Layout.find(tiny_tree)
+    meta = pd.read_csv(layout.metadata_csv("train")).set_index("VolumeName")
+    for path in layout.list_volumes("train"):
+        header = nib.load(str(path)).header
+        (rows, cols, slices), (sy, sx, sz) = header.get_data_shape(), header.get_zooms()
+        assert 1.0 * 360 <= rows * sy <= 1.1 * 360 + sy and 1.0 * 360 <= cols * sx <= 1.1 * 360 + sx
+        assert 0.85 * 360 - sz <= slices * sz <= 1.1 * 360 + sz
+        row = meta.loc[path.name]
+        assert float(row["ZSpacing"]) == pytest.approx(sz)
+        assert ast.literal_eval(row["XYSpacing"]) == pytest.approx([sy, sx])
 
 
 def test_hu_storage_modes_agree_and_double_rescale_is_refused(tmp_path):
