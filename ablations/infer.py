@@ -4,7 +4,8 @@
     python -m ablations.infer --checkpoint CKPT --volume scan.nii.gz --prompts "Pleural effusion" Emphysema
 
 The volume is read and preprocessed exactly as the training loader reads one (ablations.data: HU from
-the header or the given slope/intercept, resample to 1.5 x 0.75 x 0.75 mm, clip to [-1000, 1000] HU,
+the header or the given slope/intercept, resample to the size's voxels (upstream's 1.5 x 0.75 x 0.75 mm
+at paper size, the same 360 mm field of view on coarser voxels below it), clip to [-1000, 1000] HU,
 scale to [-1, 1], centre crop or pad to the model's input). The model, its size and the prompt
 template are rebuilt from what the checkpoint recorded.
 """
@@ -48,21 +49,24 @@ def preprocess(volume: "str | Path", size, slope: "float | None" = None, interce
     from ablations.data.volume_io import read_volume
 
     raw = read_volume(volume, slope, intercept, rescale)
+    for note in raw.notes:
+        print(f"note: {note}", file=sys.stderr)
     return preprocess_hu(raw.hu, raw.spacing, (size.depth, size.image_size, size.image_size))[None]
 
 
 def metadata_scaling(volume: Path) -> tuple["float | None", "float | None"]:
     """RescaleSlope/Intercept of `volume` from the metadata CSVs of the CT-RATE tree it sits in, if any:
-    what the loader would apply to the same file."""
-    import pandas as pd
+    what the loader would apply to the same file (read by its `read_csv`: a repeated name keeps its last row)."""
+    from ablations.data.ctrate import read_csv
 
     name = volume.name[: -len(".nii.gz")] if volume.name.endswith(".nii.gz") else volume.stem
-    for parent in volume.resolve().parents:
+    # The folders the path names come first: in a Hugging Face cache snapshot the volume is a symlink
+    # into blobs/, outside the tree, so only the unresolved path leads to its metadata/ folder.
+    for parent in dict.fromkeys([*volume.absolute().parents, *volume.resolve().parents]):
         for csv in sorted((parent / "metadata").glob("*_metadata.csv")):
-            frame = pd.read_csv(csv)
-            row = frame[frame["VolumeName"].astype(str).str.replace(".nii.gz", "", regex=False) == name]
-            if len(row):
-                return float(row["RescaleSlope"].iloc[0]), float(row["RescaleIntercept"].iloc[0])
+            frame = read_csv(csv, ("VolumeName", "RescaleSlope", "RescaleIntercept"))
+            if name in frame.index:
+                return float(frame.loc[name, "RescaleSlope"]), float(frame.loc[name, "RescaleIntercept"])
     return None, None
 
 

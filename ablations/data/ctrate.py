@@ -25,7 +25,7 @@ from ablations.data.errors import DataError
 from ablations.data.labels import ABNORMALITIES
 from ablations.data.layout import METADATA_COLUMNS, REPORT_COLUMNS, SPLITS, Layout
 from ablations.data.resample import VOLUME_SIZES, preprocess_hu, target_shape
-from ablations.data.volume_io import RESCALE_MODES, read_volume
+from ablations.data.volume_io import RESCALE_MODES, RawVolume, read_volume
 from bench.config import parse_with_config
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ def clean_text(findings: object, impressions: object) -> str:
 
 
 def read_csv(path: Path, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
-    """A CT-RATE CSV indexed by VolumeName, with a clear error if it or a needed column is missing."""
+    """A CT-RATE CSV indexed by VolumeName, with a clear error if it or a needed column is missing.
+
+    A VolumeName listed twice keeps its last row, as upstream's loader (a dict filled row by row) does."""
     if not path.exists():
         raise DataError(path, "CSV file is missing", "download it with the volumes, or regenerate the data set")
     try:
@@ -64,13 +66,30 @@ def read_csv(path: Path, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
         raise DataError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}",
                         "use CT-RATE's original CSV for this split")
     frame["VolumeName"] = frame["VolumeName"].astype(str).str.replace(".nii.gz", "", regex=False)
-    return frame.drop_duplicates("VolumeName").set_index("VolumeName")
+    distinct = frame.drop_duplicates()  # identical repeated rows are harmless; differing ones change the data
+    conflicting = distinct["VolumeName"][distinct["VolumeName"].duplicated()].nunique()
+    if conflicting:
+        log.warning("%s: %d VolumeName(s) have rows that disagree; using the last row of each, as upstream does",
+                    path, conflicting)
+    return frame.drop_duplicates("VolumeName", keep="last").set_index("VolumeName")
 
 
 def _spacing_xy(value: object) -> float:
     # CT-RATE stores "[0.75, 0.75]"; upstream keeps the first element.
     parsed = ast.literal_eval(value) if isinstance(value, str) else value
     return float(parsed[0] if isinstance(parsed, (list, tuple)) else parsed)
+
+
+def _csv_spacing(meta: "pd.Series | None") -> "tuple[float, float, float] | None":
+    """(z, y, x) mm from a metadata row, as upstream reads it (ZSpacing, XYSpacing's first value twice);
+    None without a row or with a value that does not parse."""
+    if meta is None:
+        return None
+    try:
+        xy = _spacing_xy(meta["XYSpacing"])
+        return (float(meta["ZSpacing"]), xy, xy)
+    except (ValueError, TypeError, SyntaxError, IndexError):
+        return None
 
 
 @dataclass
@@ -84,6 +103,7 @@ class CTRateDataset(torch.utils.data.Dataset):
     skip_bad: bool = False
     names: list[str] = field(init=False, default_factory=list)
     skipped: list[tuple[str, str]] = field(init=False, default_factory=list)
+    noted: set[str] = field(init=False, default_factory=set)  # volumes whose reading notes were logged
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -95,10 +115,13 @@ class CTRateDataset(torch.utils.data.Dataset):
         self.labels = read_csv(self.layout.labels_csv(self.split), ["VolumeName", *ABNORMALITIES])
         self.reports = read_csv(self.layout.reports_csv(self.split), REPORT_COLUMNS)
         self.metadata = read_csv(self.layout.metadata_csv(self.split), METADATA_COLUMNS)
+        # v1 headers were reported blank or wrong: take those volumes' spacing from the CSV, as upstream.
+        self.spacing_source = "header" if self.layout.is_fixed(self.split) else "csv"
         files = self.layout.list_volumes(self.split)
         if not files:
             raise DataError(self.layout.volume_dir(self.split), "no .nii.gz volumes found (expected "
-                            "<split>_fixed/<patient>/<scan>/<name>.nii.gz)", "check --src and --split")
+                            f"{self.split}_fixed/<patient>/<scan>/<name>.nii.gz, or {self.split}/<patient>/<scan>/"
+                            "<name>.nii.gz as in CT-RATE's original upload)", "check --src and --split")
         for path in files:
             name = path.name[: -len(".nii.gz")]
             for table, csv in ((self.labels, self.layout.labels_csv), (self.reports, self.layout.reports_csv)):
@@ -125,12 +148,22 @@ class CTRateDataset(torch.utils.data.Dataset):
     def label_row(self, name: str) -> torch.Tensor:
         return torch.tensor(self.labels.loc[name, list(ABNORMALITIES)].to_numpy(dtype="float32"))
 
-    def load(self, name: str) -> Sample:
-        """Read and preprocess one volume by name; raises DataError on a bad file."""
+    def raw(self, name: str) -> RawVolume:
+        """One volume in HU with its spacing, before resampling; raises DataError on a bad file."""
         meta = self.metadata.loc[name] if name in self.metadata.index else None
         slope = float(meta["RescaleSlope"]) if meta is not None else None
         intercept = float(meta["RescaleIntercept"]) if meta is not None else None
-        raw = read_volume(self.layout.volume_path(name), slope, intercept, self.rescale)
+        raw = read_volume(self.layout.volume_path(name), slope, intercept, self.rescale, _csv_spacing(meta),
+                          self.spacing_source)
+        if name not in self.noted:  # every epoch reads the volume again; say it once
+            self.noted.add(name)
+            for note in raw.notes:
+                log.warning("%s", note)
+        return raw
+
+    def load(self, name: str) -> Sample:
+        """Read and preprocess one volume by name; raises DataError on a bad file."""
+        raw = self.raw(name)
         volume = preprocess_hu(raw.hu, raw.spacing, self.target)
         return Sample(volume, self.text(name), self.label_row(name), name)
 

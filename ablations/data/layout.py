@@ -3,6 +3,7 @@
 The tree mirrors the Hugging Face data set (`ibrahimhamamci/CT-RATE`), so the same loader reads real
 and synthetic data:
   dataset/{train_fixed,valid_fixed}/<split>_<patient>/<split>_<patient>_<scan>/<name>.nii.gz
+      (v2; CT-RATE's original upload has the same tree under dataset/{train,valid}/)
   dataset/metadata/{train,validation}_metadata.csv
   dataset/radiology_text_reports/{train,validation}_reports.csv
   dataset/multi_abnormality_labels/{train,valid}_predicted_labels.csv
@@ -62,8 +63,15 @@ class Layout:
             path = path / "dataset"
         return cls(path)
 
+    def is_fixed(self, split: str) -> bool:
+        """Whether `split`'s volumes come from the v2 `<split>_fixed` folder, whose headers were rewritten
+        to carry the right spacing, rather than the original `<split>` upload (v1), whose headers were
+        reported blank or wrong. A tree with neither folder counts as v2: that is what gets written."""
+        return (self.root / f"{_check(split)}_fixed").is_dir() or not (self.root / split).is_dir()
+
     def volume_dir(self, split: str) -> Path:
-        return self.root / f"{_check(split)}_fixed"
+        """`<split>_fixed` when it exists, else CT-RATE's original `<split>` folder (see `is_fixed`)."""
+        return self.root / (f"{split}_fixed" if self.is_fixed(split) else split)
 
     def metadata_csv(self, split: str) -> Path:
         return self.root / "metadata" / f"{_LONG[_check(split)]}_metadata.csv"
