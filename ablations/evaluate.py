@@ -33,12 +33,12 @@ def roc_points(scores: ZeroShotScores) -> dict[str, dict[str, list[float]]]:
 
 def evaluate_model(model, eval_set: Sequence, tokenize: Callable, classes: Sequence[str], template: str,
                    protocols: Sequence[str], bootstrap: BootstrapSpec, calibration_set: "Sequence | None" = None,
-                   batch: int = 8) -> tuple[dict[str, Any], dict[str, Any], ZeroShotScores]:
+                   batch: int = 8, workers: int = 0) -> tuple[dict[str, Any], dict[str, Any], ZeroShotScores]:
     """(protocol blocks, ROC points, raw scores) for `model` on `eval_set`."""
-    scores = zero_shot(model, eval_set, tokenize, classes, template, batch)
+    scores = zero_shot(model, eval_set, tokenize, classes, template, batch, workers)
     thresholds = None
     if "clean" in protocols and calibration_set is not None and len(calibration_set) > 0:
-        held_out = zero_shot(model, calibration_set, tokenize, classes, template, batch)
+        held_out = zero_shot(model, calibration_set, tokenize, classes, template, batch, workers)
         thresholds = calibrate(held_out.labels, held_out.probabilities)
     groups = patient_groups(scores.names)
     blocks = {name: evaluate_protocol(name, scores.labels, scores.probabilities, list(classes), groups,

@@ -30,8 +30,10 @@ import torch
 
 from ablations.autocast_policy import POLICIES, AutocastPolicy, autocast_policy
 from ablations.bootstrap import BootstrapSpec
+from ablations.data.volume_io import RESCALE_MODES
 from ablations.distributed import DistContext, init_from_env
 from ablations.evaluate import evaluate_model, patient_groups
+from ablations.loading import NextGood, loader
 from ablations.paired import load_scores, paired_auroc, save_scores
 from ablations.prompts import TEMPLATES, get_template
 from ablations.protocols import PROTOCOLS
@@ -50,11 +52,11 @@ def _environment(device: torch.device) -> tuple[dict, dict, dict]:
     return device_info(device), environment(device), git_info()
 
 
-def _cached(dataset, size) -> Any:
+def _cached(dataset, size, workers: int = 0) -> Any:
     n_bytes = len(dataset) * 4 * size.channels * size.depth * size.image_size ** 2
     if n_bytes > CACHE_LIMIT_BYTES:
         return dataset
-    return [s for s in (dataset[i] for i in range(len(dataset))) if s is not None]
+    return [s for batch in loader(dataset, batch=16, workers=workers) for s in batch if s is not None]
 
 
 def split_calibration(dataset, fraction: float) -> tuple[list[int], list[int]]:
@@ -114,14 +116,14 @@ def run_cell(cell: CellSpec, seed: int, key: str, policy: AutocastPolicy, args, 
     try:
         with policy.context():
             result = train(model, splits["train"], tok, cfg, out / "checkpoints" / _safe(key), dist, extra,
-                           progress=not args.quiet)
+                           progress=not args.quiet, workers=args.loader_workers)
     except Diverged as error:
         return AccuracyResult(status="diverged", message=str(error), training=training, **base)
     training.update(wall_s=round(result.wall_s, 3), final_loss=result.final_loss, resumed_from=result.resumed_from)
     with policy.context():
         blocks, roc, scores = evaluate_model(model, splits["valid"], tok, data_info["classes"], args.template,
                                              args.protocols, BootstrapSpec(args.bootstrap, args.bootstrap_seed),
-                                             splits.get("calibration"), args.eval_batch)
+                                             splits.get("calibration"), args.eval_batch, args.loader_workers)
     scores_file = None
     if dist.is_main:
         scores_file = f"scores/{_safe(key)}.npz"
@@ -163,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="processes that read and resample volumes ahead of the model (0: in this one); "
+                        "real CT-RATE needs several: a paper-size volume takes ~4 s of a core")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="log and leave out unreadable volumes and volumes without a label or report row "
+                        "(training takes the next good volume in a bad one's place)")
+    p.add_argument("--rescale", default="auto", choices=RESCALE_MODES,
+                   help="apply the metadata CSV's slope/intercept: auto (detect HU), always, never")
     p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for rows, curves, checkpoints")
     p.add_argument("--design", default=None, help="paper | ofat | loo | full (bench.design)")
     p.add_argument("--variants", nargs="+", default=None,
@@ -234,13 +244,13 @@ def main(argv: "list[str] | None" = None) -> int:
     from ablations.data.labels import ABNORMALITIES
 
     try:
-        train_set = _cached(CTRateDataset(args.data, "train", size), size)
-        valid_set = _cached(CTRateDataset(args.data, "valid", size), size)
+        train_set, valid_set = (_cached(CTRateDataset(args.data, split, size, args.rescale, args.skip_bad), size,
+                                        args.loader_workers) for split in ("train", "valid"))
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     train_idx, calib_idx = split_calibration(train_set, args.calibration_fraction)
-    splits = {"train": _Subset(train_set, train_idx), "valid": valid_set}
+    splits = {"train": NextGood(_Subset(train_set, train_idx)), "valid": valid_set}
     if calib_idx:
         splits["calibration"] = _Subset(train_set, calib_idx)
     data_info = {"name": Path(args.data).resolve().name,

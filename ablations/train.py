@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ablations.distributed import DistContext, Towers, contrastive_loss
+from ablations.loading import StepBatches, loader
 from ablations.schedule import build_optimizer, build_scheduler
 
 
@@ -117,13 +118,13 @@ def load_checkpoint(path: "str | Path", map_location: str = "cpu") -> dict:
 
 def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
           cfg: TrainConfig, checkpoint_dir: "str | Path | None" = None, dist: DistContext = DistContext(),
-          extra_state: "dict | None" = None, progress: bool = True) -> TrainResult:
+          extra_state: "dict | None" = None, progress: bool = True, workers: int = 0) -> TrainResult:
     """Train `model` in place on `dataset` (items with `.volume` and `.text`).
 
     `tokenize(texts) -> (input_ids, attention_mask)` on the model's device. Checkpoints go to
     `checkpoint_dir/last.pt` every `cfg.checkpoint_every` steps and at the end, with `extra_state`
     (variant, size, tokenizer...) so that `ablations.infer` can rebuild the model; if one exists the run
-    resumes from it.
+    resumes from it. `workers` DataLoader processes read the next batches ahead (ablations.loading).
     """
     device = next(model.parameters()).device
     frozen_text = cfg.text_lr_scale == 0
@@ -168,10 +169,12 @@ def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[st
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc="train", unit="step", disable=not (progress and dist.is_main),
                initial=start, total=cfg.steps)
-    for step in bar:
+    def indices_of(step: int) -> list[int]:
+        return batch_indices(len(dataset), cfg.batch * dist.world_size, step, cfg.seed, dist.rank, dist.world_size)
+
+    batches = loader(dataset, StepBatches(indices_of, start, cfg.steps), workers=workers)
+    for step, samples in zip(bar, batches):
         torch.manual_seed(step_seed(cfg.seed, dist.rank, step))
-        idx = batch_indices(len(dataset), cfg.batch * dist.world_size, step, cfg.seed, dist.rank, dist.world_size)
-        samples = [dataset[i] for i in idx]
         volumes = torch.stack([s.volume for s in samples]).to(device, non_blocking=True)
         ids, mask = tokenize([s.text for s in samples])
         text, image = towers(volumes, ids, mask)

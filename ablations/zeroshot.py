@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ablations.loading import loader
 from ablations.prompts import PromptTemplate, build_prompts
 
 
@@ -34,12 +35,13 @@ def encode_prompts(model, tokenize: Callable, classes: Sequence[str], template: 
 
 
 @torch.no_grad()
-def encode_volumes(model, dataset: Sequence, batch: int = 8) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """Image latents (N, dim), labels (N, C) and names of every item of `dataset`, each encoded once."""
+def encode_volumes(model, dataset: Sequence, batch: int = 8, workers: int = 0
+                   ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Image latents (N, dim), labels (N, C) and names of every item of `dataset`, each encoded once;
+    `workers` DataLoader processes read the volumes ahead (ablations.loading)."""
     device = next(model.parameters()).device
     latents, labels, names = [], [], []
-    for start in range(0, len(dataset), batch):
-        samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+    for samples in loader(dataset, batch=batch, workers=workers):
         samples = [s for s in samples if s is not None]  # a skipped bad volume
         if not samples:
             continue
@@ -59,12 +61,12 @@ def pair_probabilities(model, prompt_latents: torch.Tensor, image_latents: torch
 
 
 def zero_shot(model, dataset: Sequence, tokenize: Callable, classes: Sequence[str],
-              template: "str | PromptTemplate" = "present", batch: int = 8) -> ZeroShotScores:
+              template: "str | PromptTemplate" = "present", batch: int = 8, workers: int = 0) -> ZeroShotScores:
     was_training = model.training
     model.eval()
     try:
         prompts = encode_prompts(model, tokenize, classes, template)
-        images, labels, names = encode_volumes(model, dataset, batch)
+        images, labels, names = encode_volumes(model, dataset, batch, workers)
         with torch.no_grad():
             probs = pair_probabilities(model, prompts, images)
     finally:

@@ -1,6 +1,8 @@
 """`python -m ablations.run` end to end on a few phantoms (rows, resume, YAML config, reports hook) and
 `python -m ablations.infer` on one of its checkpoints."""
 
+import shutil
+
 import pytest
 
 from ablations.infer import main as infer_main
@@ -87,3 +89,20 @@ def test_a_failing_cell_ends_a_ddp_run_but_not_a_single_process_sweep(phantom_tr
     else:
         with pytest.raises(RuntimeError, match="unreadable volume"):
             run_main(argv)
+
+
+def test_a_corrupt_volume_stops_the_run_unless_it_is_skipped(phantom_tree, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_tree(30, 0.3), data)
+    volumes = sorted((data / "dataset" / "train_fixed").rglob("*.nii.gz"))
+    volumes[2].write_bytes(volumes[2].read_bytes()[:100])  # a truncated download
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--variants", "faithful", "--steps", "2",
+            "--batch", "4", "--bootstrap", "0", "--quiet", "--reports", "--loader-workers", "2"]
+    # Read in a loader worker, the error still ends the run with its own one-line message.
+    assert run_main(argv) == 2
+    [message] = capsys.readouterr().err.strip().splitlines()
+    assert message.startswith(f"error: {volumes[2]}: cannot read the NIfTI volume")
+    assert message.endswith("it is corrupt or truncated; re-download it, or pass --skip-bad to leave it out")
+    assert run_main(argv + ["--skip-bad"]) == 0
+    [row] = read_rows(tmp_path / "out" / "accuracy.jsonl")
+    assert row["status"] == "ok" and row["data"]["n_train"] + row["data"]["n_calibration"] == len(volumes) - 1
