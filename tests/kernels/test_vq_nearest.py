@@ -131,6 +131,7 @@ def test_rejects_bad_arguments():
             nearest_code(torch.ones(3, 8, dtype=torch.int32), torch.randn(4, 8))
 
 
+@pytest.mark.gpu  # selected by the GPU runs (-m gpu), as every CUDA-only test is
 @needs_gpu
 @pytest.mark.parametrize("precision, tol", [("tf32", TF32_TOL), ("ieee", FP32_TOL)])
 def test_gpu_paper_shapes(precision, tol):
