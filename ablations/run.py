@@ -30,7 +30,6 @@ import torch
 
 from ablations.autocast_policy import POLICIES, AutocastPolicy, autocast_policy
 from ablations.bootstrap import BootstrapSpec
-from ablations.data.volume_io import RESCALE_MODES
 from ablations.distributed import DistContext, init_from_env
 from ablations.evaluate import evaluate_model, patient_groups
 from ablations.loading import NextGood, loader
@@ -162,6 +161,10 @@ def compare_with_baseline(result: AccuracyResult, rows: list[dict], out: Path, s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, as the data package is in main(): it needs nibabel, which the GPU image lacks, and
+    # the GPU run's pytest collects the modules that import this one.
+    from ablations.data.volume_io import RESCALE_MODES
+
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
