@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ablations.data.layout import SPLITS
 from ablations.prompts import TEMPLATES
 from bench.config import parse_with_config
 
@@ -42,22 +44,33 @@ def load_model(checkpoint: "str | Path", device: str = "cpu"):
     return model, size, state.get("tokenizer"), (state.get("prompts") or {}).get("template", "present")
 
 
+@dataclass(frozen=True)
+class TreeMetadata:
+    """What the training loader knows of a volume from the CT-RATE tree it sits in."""
+
+    slope: "float | None" = None
+    intercept: "float | None" = None
+    spacing: "tuple[float, float, float] | None" = None  # the metadata CSV's (z, y, x) mm
+    spacing_source: str = "header"  # "csv" in CT-RATE's original <split>/ folders (ablations.data.layout)
+
+
 def preprocess(volume: "str | Path", size, slope: "float | None" = None, intercept: "float | None" = None,
-               rescale: str = "auto") -> torch.Tensor:
+               rescale: str = "auto", metadata: TreeMetadata = TreeMetadata()) -> torch.Tensor:
     """(1, 1, D, H, W) model input from a .nii.gz, by the loader's own functions."""
     from ablations.data.resample import preprocess_hu
     from ablations.data.volume_io import read_volume
 
-    raw = read_volume(volume, slope, intercept, rescale)
+    raw = read_volume(volume, slope, intercept, rescale, metadata.spacing, metadata.spacing_source)
     for note in raw.notes:
         print(f"note: {note}", file=sys.stderr)
     return preprocess_hu(raw.hu, raw.spacing, (size.depth, size.image_size, size.image_size))[None]
 
 
-def metadata_scaling(volume: Path) -> tuple["float | None", "float | None"]:
-    """RescaleSlope/Intercept of `volume` from the metadata CSVs of the CT-RATE tree it sits in, if any:
-    what the loader would apply to the same file (read by its `read_csv`: a repeated name keeps its last row)."""
-    from ablations.data.ctrate import read_csv
+def tree_metadata(volume: Path) -> TreeMetadata:
+    """Slope, intercept and spacing of `volume` from the metadata CSVs of the CT-RATE tree it sits in, if
+    any: what the loader would use for the same file (read by its `read_csv`: a repeated name keeps its
+    last row; CSV spacing for a volume of the original upload)."""
+    from ablations.data.ctrate import csv_spacing, read_csv
 
     name = volume.name[: -len(".nii.gz")] if volume.name.endswith(".nii.gz") else volume.stem
     # The folders the path names come first: in a Hugging Face cache snapshot the volume is a symlink
@@ -66,8 +79,12 @@ def metadata_scaling(volume: Path) -> tuple["float | None", "float | None"]:
         for csv in sorted((parent / "metadata").glob("*_metadata.csv")):
             frame = read_csv(csv, ("VolumeName", "RescaleSlope", "RescaleIntercept"))
             if name in frame.index:
-                return float(frame.loc[name, "RescaleSlope"]), float(frame.loc[name, "RescaleIntercept"])
-    return None, None
+                row = frame.loc[name]
+                # dataset/<split>/<patient>/<scan>/<file> is the original upload; <split>_fixed is v2.
+                folder = volume.absolute().parents[2].name if len(volume.absolute().parents) > 2 else ""
+                return TreeMetadata(float(row["RescaleSlope"]), float(row["RescaleIntercept"]), csv_spacing(row),
+                                    "csv" if folder in SPLITS else "header")
+    return TreeMetadata()
 
 
 def main(argv: "list[str] | None" = None) -> int:
@@ -97,10 +114,11 @@ def main(argv: "list[str] | None" = None) -> int:
 
     try:
         model, size, tokenizer_path, template = load_model(args.checkpoint, args.device)
+        metadata = tree_metadata(args.volume)
         slope, intercept = args.slope, args.intercept
         if slope is None and intercept is None:
-            slope, intercept = metadata_scaling(args.volume)
-        volume = preprocess(args.volume, size, slope, intercept, args.rescale).to(args.device)
+            slope, intercept = metadata.slope, metadata.intercept
+        volume = preprocess(args.volume, size, slope, intercept, args.rescale, metadata).to(args.device)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -80,15 +80,15 @@ def _spacing_xy(value: object) -> float:
     return float(parsed[0] if isinstance(parsed, (list, tuple)) else parsed)
 
 
-def _csv_spacing(meta: "pd.Series | None") -> "tuple[float, float, float] | None":
+def csv_spacing(meta: "pd.Series | None") -> "tuple[float, float, float] | None":
     """(z, y, x) mm from a metadata row, as upstream reads it (ZSpacing, XYSpacing's first value twice);
-    None without a row or with a value that does not parse."""
+    None when there is no row, no spacing column, or a value that does not parse."""
     if meta is None:
         return None
     try:
         xy = _spacing_xy(meta["XYSpacing"])
         return (float(meta["ZSpacing"]), xy, xy)
-    except (ValueError, TypeError, SyntaxError, IndexError):
+    except (KeyError, ValueError, TypeError, SyntaxError, IndexError):
         return None
 
 
@@ -153,7 +153,7 @@ class CTRateDataset(torch.utils.data.Dataset):
         meta = self.metadata.loc[name] if name in self.metadata.index else None
         slope = float(meta["RescaleSlope"]) if meta is not None else None
         intercept = float(meta["RescaleIntercept"]) if meta is not None else None
-        raw = read_volume(self.layout.volume_path(name), slope, intercept, self.rescale, _csv_spacing(meta),
+        raw = read_volume(self.layout.volume_path(name), slope, intercept, self.rescale, csv_spacing(meta),
                           self.spacing_source)
         if name not in self.noted:  # every epoch reads the volume again; say it once
             self.noted.add(name)

@@ -18,7 +18,7 @@ from ablations.data.labels import ABNORMALITIES
 from ablations.data.layout import Layout
 from ablations.data.resample import target_shape
 from ablations.data.volume_io import read_volume
-from ablations.infer import metadata_scaling
+from ablations.infer import TreeMetadata, tree_metadata
 
 REPO = Path(__file__).resolve().parents[3]
 # Air, lung, soft tissue and bone: at least 1 % air near -1000 HU, as `auto` needs to recognise HU.
@@ -72,6 +72,8 @@ def test_original_v1_layout_is_read_with_the_csv_spacing(tree: Layout):
     assert len(ds) == n_valid + 1 and name in ds.names
     raw = ds.raw(name)
     assert raw.spacing == pytest.approx((1.5, 0.7, 0.7)) and raw.spacing_source == "csv"
+    # ablations.infer, handed the same file, finds the same scaling and spacing in the tree.
+    assert tree_metadata(tree.volume_path(name)) == TreeMetadata(1.0, -1024.0, (1.5, 0.7, 0.7), "csv")
     assert raw.how == "csv-rescaled"
     np.testing.assert_array_equal(raw.hu, hu)
     assert ds.names[0] != name and ds[0].volume.shape == (1, *target_shape("tiny"))  # a synthetic one, read end to end
@@ -169,7 +171,7 @@ def test_infer_finds_the_metadata_of_a_volume_in_a_hugging_face_cache(tmp_path):
                  ).to_csv(dataset / "metadata" / "validation_metadata.csv", index=False)
     assert volume.resolve() == blob.resolve()
     # The last of the duplicated rows, as the training loader's read_csv keeps it.
-    assert metadata_scaling(volume) == (2.0, -8192.0)
+    assert tree_metadata(volume) == TreeMetadata(2.0, -8192.0, None, "header")
 
 
 def test_schema_documents_every_data_field_that_run_writes():
