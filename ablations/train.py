@@ -167,12 +167,13 @@ def train(model: torch.nn.Module, dataset: Sequence, tokenize: Callable[[list[st
     model.train()
     loss_name = model.variant.loss
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", disable=not (progress and dist.is_main),
-               initial=start, total=cfg.steps)
+
     def indices_of(step: int) -> list[int]:
         return batch_indices(len(dataset), cfg.batch * dist.world_size, step, cfg.seed, dist.rank, dist.world_size)
 
     batches = loader(dataset, StepBatches(indices_of, start, cfg.steps), workers=workers)
+    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", disable=not (progress and dist.is_main),
+               initial=start, total=cfg.steps)
     for step, samples in zip(bar, batches):
         torch.manual_seed(step_seed(cfg.seed, dist.rank, step))
         volumes = torch.stack([s.volume for s in samples]).to(device, non_blocking=True)
