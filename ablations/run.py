@@ -259,7 +259,7 @@ def main(argv: "list[str] | None" = None) -> int:
     data_info = {"name": Path(args.data).resolve().name,
                  "source": "synthetic" if _is_synthetic(args.data) else "ct-rate",
                  "n_train": len(train_idx), "n_calibration": len(calib_idx), "n_eval": len(valid_set),
-                 "split": "valid", "classes": list(ABNORMALITIES)}
+                 "split": "valid", "csv_sha256": _csv_digests(args.data), "classes": list(ABNORMALITIES)}
     out = Path(args.out)
     rows_path = out / "accuracy.jsonl"
     done = {r["cell_key"] for r in read_rows(rows_path) if r.get("status") != "error"} if not args.no_resume else set()
@@ -343,6 +343,16 @@ def _is_synthetic(root: Path) -> bool:
         return str(meta.get("Manufacturer", [""])[0]) == "SYNTHETIC"
     except Exception:
         return False
+
+
+def _csv_digests(root: Path) -> dict[str, str]:
+    """The first 16 hex digits of each CSV's SHA-256, by its path in the tree: which release of the
+    labels, reports and metadata a row's figures come from."""
+    from ablations.data.layout import SPLITS, Layout
+
+    layout = Layout.find(root)
+    files = [csv(split) for split in SPLITS for csv in (layout.labels_csv, layout.reports_csv, layout.metadata_csv)]
+    return {str(f.relative_to(layout.root)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files}
 
 
 def _write_curve(out: Path, key: str, curve: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """`python -m ablations.run` end to end on a few phantoms (rows, resume, YAML config, reports hook) and
 `python -m ablations.infer` on one of its checkpoints."""
 
+import hashlib
 import shutil
 
 import pytest
@@ -37,6 +38,10 @@ def test_run_writes_schema_rows_resumes_and_infer_reads_its_checkpoint(phantom_t
     assert len(row["loss_curve"]) == 3 and row["training"]["steps"] == 3
     assert len(row["classes"]) == 18 and row["prompts"]["template"] == "present"
     assert row["data"]["n_eval"] > 0 and row["data"]["source"] == "synthetic"
+    labels_csv = data / "dataset" / "multi_abnormality_labels" / "valid_predicted_labels.csv"
+    assert len(row["data"]["csv_sha256"]) == 6  # labels, reports and metadata of both splits
+    assert row["data"]["csv_sha256"]["multi_abnormality_labels/valid_predicted_labels.csv"] == \
+        hashlib.sha256(labels_csv.read_bytes()).hexdigest()[:16]
     assert (out / "accuracy.csv").exists() and len(list((out / "curves").glob("*.json"))) == 4
     # Every row kept its scores; each modern row is compared, paired, with the faithful row of its seed.
     assert all((out / r["scores_file"]).exists() for r in rows)
