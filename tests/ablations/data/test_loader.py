@@ -16,6 +16,7 @@ from ablations.data.layout import Layout
 from ablations.data.resample import TARGET_SPACING, VOLUME_SIZES, preprocess_hu, target_shape, voxel_spacing
 from ablations.data.volume_io import read_volume
 from models.variant import SIZES
+from tests.ablations.data.nifti import write_nifti
 
 
 def test_reads_generated_tree(tiny_tree):
@@ -40,15 +41,6 @@ def test_volume_sizes_name_each_model_input_shape_once():
     assert set(shapes) == {target_shape(name) for name in SIZES}
 
 
-def _write(path, data_dhw, spacing, slope_inter=None):
-    affine = np.diag([spacing[1], spacing[2], spacing[0], 1])
-    img = nib.Nifti1Image(data_dhw.transpose(1, 2, 0).astype(np.int16), affine)
-    img.header.set_data_dtype(np.int16)
-    if slope_inter:
-        img.header.set_slope_inter(*slope_inter)
-    nib.save(img, str(path))
-
-
 def test_spacing_and_axis_order_from_markers(tmp_path):
     # Bright planes every 15 mm along each axis at a native spacing of (2.5, 0.5, 0.6) mm: after
     # resampling to (1.5, 0.75, 0.75) mm they must repeat every 10, 20 and 20 voxels.
@@ -59,7 +51,7 @@ def test_spacing_and_axis_order_from_markers(tmp_path):
         sl = [slice(None)] * 3
         sl[axis] = idx
         hu[tuple(sl)] = 1000.0
-    _write(tmp_path / "m.nii.gz", hu, spacing)
+    write_nifti(tmp_path / "m.nii.gz", hu, spacing)
     raw = read_volume(tmp_path / "m.nii.gz", None, None)
     assert raw.spacing == pytest.approx(spacing) and raw.hu.shape == shape
     out = preprocess_hu(raw.hu, raw.spacing, (70, 100, 100), new_spacing=TARGET_SPACING)[0]
@@ -87,7 +79,7 @@ def test_a_real_size_chest_fits_whole_into_the_tiny_input(tmp_path):
     y, x = ((np.arange(n) + 0.5 - n / 2) * pixel for n in (rows, cols))
     body = (x[None, :] / 160.0) ** 2 + (y[:, None] / 120.0) ** 2 <= 1.0
     hu = np.where(body, 40.0, -1000.0).astype(np.float32)[None].repeat(depth, axis=0)
-    _write(tmp_path / "chest.nii.gz", hu, (1.0, pixel, pixel))
+    write_nifti(tmp_path / "chest.nii.gz", hu, (1.0, pixel, pixel))
     raw = read_volume(tmp_path / "chest.nii.gz", None, None)
     out = preprocess_hu(raw.hu, raw.spacing, target_shape("tiny"))[0]
     assert out.shape == target_shape("tiny")
@@ -115,9 +107,9 @@ def test_phantom_files_record_the_real_size_spacing(tiny_tree):
 
 def test_hu_storage_modes_agree_and_double_rescale_is_refused(tmp_path):
     hu = np.random.default_rng(0).choice([-1000.0, -850.0, 40.0, 700.0], size=(8, 20, 20)).astype(np.float32)
-    _write(tmp_path / "raw.nii.gz", hu + 1024, (2.0, 0.8, 0.8))
-    _write(tmp_path / "hu.nii.gz", hu, (2.0, 0.8, 0.8))
-    _write(tmp_path / "hdr.nii.gz", hu + 1024, (2.0, 0.8, 0.8), (1.0, -1024.0))
+    write_nifti(tmp_path / "raw.nii.gz", hu + 1024, (2.0, 0.8, 0.8))
+    write_nifti(tmp_path / "hu.nii.gz", hu, (2.0, 0.8, 0.8))
+    write_nifti(tmp_path / "hdr.nii.gz", hu + 1024, (2.0, 0.8, 0.8), (1.0, -1024.0))
     reads = {k: read_volume(tmp_path / f"{k}.nii.gz", 1.0, -1024.0) for k in ("raw", "hu", "hdr")}
     assert [r.how for r in reads.values()] == ["csv-rescaled", "already-hu", "header-scaled"]
     for r in reads.values():

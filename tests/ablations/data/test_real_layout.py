@@ -19,6 +19,7 @@ from ablations.data.layout import Layout
 from ablations.data.resample import target_shape
 from ablations.data.volume_io import read_volume
 from ablations.infer import TreeMetadata, tree_metadata
+from tests.ablations.data.nifti import write_nifti
 
 REPO = Path(__file__).resolve().parents[3]
 # Air, lung, soft tissue and bone: at least 1 % air near -1000 HU, as `auto` needs to recognise HU.
@@ -27,19 +28,6 @@ TISSUES_HU = np.array([-1000.0, -850.0, 40.0, 700.0], np.float32)
 
 def _hu(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).choice(TISSUES_HU, size=shape)
-
-
-def _write(path: Path, stored_dhw: np.ndarray, pixdim_zyx: tuple[float, float, float],
-           slope_inter: "tuple[float, float] | None" = None) -> Path:
-    """An int16 NIfTI stored (H, W, D) as CT-RATE's are, with the given header pixdim and scaling."""
-    z, y, x = pixdim_zyx
-    img = nib.Nifti1Image(stored_dhw.transpose(1, 2, 0).astype(np.int16), np.diag([y, x, z, 1.0]))
-    img.header.set_data_dtype(np.int16)
-    if slope_inter:
-        img.header.set_slope_inter(*slope_inter)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
 
 
 def _append_rows(layout: Layout, split: str, name: str, xy_spacing: str, z_spacing: float) -> None:
@@ -65,7 +53,7 @@ def test_original_v1_layout_is_read_with_the_csv_spacing(tree: Layout):
     # A v1 file as reported: blank header pixdim (1, 1, 1), raw stored values (HU + 1024), odd shape;
     # the CSV holds the true spacing, 1.5 mm slices of 0.7 mm pixels.
     name, hu = "valid_901_a_1", _hu((7, 13, 11), seed=1)
-    _write(tree.root / "valid" / "valid_901" / "valid_901_a" / f"{name}.nii.gz", hu + 1024.0, (1.0, 1.0, 1.0))
+    write_nifti(tree.root / "valid" / "valid_901" / "valid_901_a" / f"{name}.nii.gz", hu + 1024.0, (1.0, 1.0, 1.0))
     _append_rows(tree, "valid", name, "[0.7, 0.7]", 1.5)
 
     ds = CTRateDataset(tree.root, "valid", size="tiny")
@@ -99,7 +87,7 @@ def test_missing_volume_folder_names_both_layouts(tree: Layout):
 
 def test_fixed_volume_keeps_header_spacing_and_warns_once_when_the_csv_disagrees(tree: Layout, caplog):
     name = "valid_902_b_2"
-    path = _write(tree.volume_path(name), _hu((5, 9, 15), seed=2), (1.25, 0.8, 0.8))
+    path = write_nifti(tree.volume_path(name), _hu((5, 9, 15), seed=2), (1.25, 0.8, 0.8))
     assert path.parent.parent.parent.name == "valid_fixed"
     _append_rows(tree, "valid", name, "[0.7, 0.7]", 1.25)  # x/y 12.5 % off the header's 0.8 mm
     ds = CTRateDataset(tree.root, "valid", size="tiny")
@@ -113,7 +101,7 @@ def test_fixed_volume_keeps_header_spacing_and_warns_once_when_the_csv_disagrees
     assert f"{name}.nii.gz" in warnings[0] and "(1.25, 0.8, 0.8)" in warnings[0] and "(1.25, 0.7, 0.7)" in warnings[0]
 
     # Within 1 % on every axis (0.805 vs 0.8 mm), and without a CSV spacing at all (infer, old callers): silent.
-    other = _write(tree.root.parent / "other.nii.gz", _hu((5, 9, 15), seed=3), (1.25, 0.8, 0.8))
+    other = write_nifti(tree.root.parent / "other.nii.gz", _hu((5, 9, 15), seed=3), (1.25, 0.8, 0.8))
     close = read_volume(other, 1.0, -1024.0, csv_spacing=(1.25, 0.805, 0.805))
     assert close.spacing_source == "header" and close.notes == ()
     alone = read_volume(other, 1.0, -1024.0)
@@ -125,7 +113,7 @@ def test_stale_header_intercept_on_hu_data_is_ignored(tmp_path, csv):
     # Stored values already in HU, but the header says intercept -1024 (the v2 double-scaling pitfall,
     # CT-CLIP#50, through the header): read as the header says, air would sit at -2024 HU.
     hu = _hu((9, 17, 13), seed=4)
-    path = _write(tmp_path / "stale.nii.gz", hu, (1.5, 0.7, 0.7), slope_inter=(1.0, -1024.0))
+    path = write_nifti(tmp_path / "stale.nii.gz", hu, (1.5, 0.7, 0.7), slope_inter=(1.0, -1024.0))
     assert nib.load(str(path)).dataobj.inter == -1024.0  # the file really carries the stale intercept
     raw = read_volume(path, *csv)
     assert raw.how == "already-hu"
@@ -137,7 +125,7 @@ def test_stale_header_intercept_on_hu_data_is_ignored(tmp_path, csv):
 def test_nothing_plausible_with_a_header_scaling_is_refused(tmp_path):
     # No reading puts air near -1000 HU: stored 200/700, header-scaled -824/-324, CSV on top -1848/-1348.
     tissue = np.random.default_rng(5).choice([200.0, 700.0], size=(6, 11, 7))
-    path = _write(tmp_path / "noair.nii.gz", tissue, (1.5, 0.7, 0.7), slope_inter=(1.0, -1024.0))
+    path = write_nifti(tmp_path / "noair.nii.gz", tissue, (1.5, 0.7, 0.7), slope_inter=(1.0, -1024.0))
     with pytest.raises(DataError, match="noair.nii.gz: neither the stored values nor the metadata CSV"):
         read_volume(path, 1.0, -1024.0)
 
@@ -159,7 +147,7 @@ def test_duplicated_volume_rows_keep_the_last_and_warn_on_conflicts(tmp_path, ca
 
 def test_infer_finds_the_metadata_of_a_volume_in_a_hugging_face_cache(tmp_path):
     # The HF cache: snapshots/<rev>/dataset/... are symlinks into blobs/, outside the tree.
-    blob = _write(tmp_path / "hub" / "blobs" / "volume.nii.gz", _hu((5, 7, 9)), (1.5, 0.7, 0.7))
+    blob = write_nifti(tmp_path / "hub" / "blobs" / "volume.nii.gz", _hu((5, 7, 9)), (1.5, 0.7, 0.7))
     blob = blob.rename(blob.with_name("3f2a9c"))  # blobs are named by hash, without an extension
     dataset = tmp_path / "hub" / "snapshots" / "rev0" / "dataset"
     volume = dataset / "valid_fixed" / "valid_7" / "valid_7_a" / "valid_7_a_1.nii.gz"
