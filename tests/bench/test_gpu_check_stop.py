@@ -21,7 +21,7 @@ from bench.environment import UNKNOWN_GPU_NAME, host_device_info
 from bench.gpu_check import Budget, PartLog, named_by_probe, run_cell_part, write_reports
 from bench.gpu_plan import make_plan
 from bench.result import Result
-from tests.bench.test_gpu_summary import FAITHFUL, FAST, MODERN, gpu_row
+from tests.bench.gpu_rows import FAITHFUL, FAST, MODERN, gpu_row
 from tests.child_env import child_env
 from tests.reports.mdparse import sections
 

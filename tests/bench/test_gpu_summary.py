@@ -5,33 +5,14 @@ are each checked against text or figures worked out here from the rows themselve
 from __future__ import annotations
 
 import dataclasses
-import statistics
 
 from bench.gpu_plan import make_plan
 from bench.gpu_summary import TARGET_FAST_MFU, TARGET_FAST_TIME, paper_section, profile_section, targets_section
-from bench.result import Memory, Result, StageStats, cell_key
-from bench.design import fastest_candidate
-from models import Variant
+from bench.result import Result
 from reports.stats import MIN_SAMPLES, median_ratio_ci
+from tests.bench.gpu_rows import FAITHFUL, FAST, MODERN, gpu_row
 
-FAITHFUL = Variant.faithful().replace(precision="bf16")
-MODERN = Variant.modern().replace(precision="bf16")
-FAST = fastest_candidate().replace(precision="bf16")
 OVERFLOW = "fp16_overflow: GradScaler skipped optimizer steps while timing"
-
-
-def gpu_row(variant: Variant, samples: list[float], *, mfu: float | None = 0.3, baseline: bool = False,
-            flags: tuple[str, ...] = (), status: str = "ok", message: str | None = None,
-            gpu: str = "NVIDIA H100 80GB HBM3") -> Result:
-    """A row as a GPU cell writes it: step samples (s) with their median, an allocator peak, MFU."""
-    stages = {"step": StageStats(statistics.median(samples), 0.0, min(samples), max(samples), len(samples),
-                                 list(samples))} if status == "ok" else {}
-    return Result(cell_key=cell_key(variant.key, "paper", 4, "cuda"), variant_key=variant.key,
-                  variant=variant.as_dict(), size="paper", size_config={}, batch=4,
-                  device={"type": "cuda", "name": gpu}, status=status, baseline=baseline,
-                  precision=variant.precision, stages=stages,
-                  memory=Memory(gpu_allocated_peak_bytes=20 * 2**30), mfu=mfu if status == "ok" else None,
-                  tflops_per_s=None if mfu is None else mfu * 989, hfu=mfu, flags=list(flags), message=message)
 
 
 def test_a_flagged_row_shows_its_flag_and_the_headline_warns():

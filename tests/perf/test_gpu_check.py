@@ -22,6 +22,7 @@ from bench.gpu_check import Budget
 from bench.gpu_plan import make_plan
 from kernels import bench_mlp, bench_vq
 from models import Variant
+from tests.bench.gpu_rows import gpu_row
 from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,18 +226,9 @@ def test_without_a_gpu_it_says_use_dry_run():
 
 def _gpu_row(variant, step_s: float, peak_gib: float, mfu: float, baseline: bool = False,
              hfu: float | None = None, samples: list[float] | None = None):
-    from bench.result import Memory, Result, StageStats, cell_key
-
-    key = variant.key
-    samples = [step_s] * 4 if samples is None else samples
-    return Result(cell_key=cell_key(key, "paper", 4, "cuda"), variant_key=key, variant=variant.as_dict(),
-                  size="paper", size_config={}, batch=4, device={"type": "cuda", "name": "NVIDIA H100 80GB HBM3"},
-                  status="ok", baseline=baseline, precision="bf16",
-                  stages={"step": StageStats(step_s, 0.0, step_s, step_s, len(samples), samples)},
-                  # The ops asked for 2.5 % less than the allocator's blocks hold (rounding, unsplit tails).
-                  memory=Memory(gpu_allocated_peak_bytes=int(peak_gib * 2**30),
-                                gpu_requested_peak_bytes=int(peak_gib * 0.975 * 2**30)), mfu=mfu,
-                  tflops_per_s=mfu * 989, hfu=mfu if hfu is None else hfu)
+    """tests.bench.gpu_rows' row by step median (four equal steps unless `samples` are given)."""
+    return gpu_row(variant, [step_s] * 4 if samples is None else samples, peak_gib=peak_gib, mfu=mfu, hfu=hfu,
+                   baseline=baseline)
 
 
 def test_summary_on_gpu_shaped_rows_merges_the_compiled_candidate(tmp_path):
