@@ -26,16 +26,24 @@ from bench.config import parse_with_config
 
 def load_model(checkpoint: "str | Path", device: str = "cpu"):
     """(model in eval mode, size, tokenizer path, template name) from a training checkpoint."""
-    from models import Size, Variant, build, make_current
-
     from ablations.train import load_checkpoint
 
-    state = load_checkpoint(checkpoint)
+    return model_from_state(load_checkpoint(checkpoint), device, origin=str(checkpoint))
+
+
+def model_from_state(state: dict, device: "str | torch.device" = "cpu", precision: "str | None" = None,
+                     origin: str = "the checkpoint"):
+    """(model in eval mode, size, tokenizer path, template name) rebuilt from a loaded `last.pt`, in
+    `precision` if given (else the one it was trained in)."""
+    from models import Size, Variant, build, make_current
+
     for key in ("model", "variant", "size"):
         if key not in state:
-            raise ValueError(f"{checkpoint} has no {key!r} entry; it was not written by ablations.train via "
+            raise ValueError(f"{origin} has no {key!r} entry; it was not written by ablations.train via "
                              "ablations.run")
     variant = Variant.from_dict(state["variant"])
+    if precision:
+        variant = variant.replace(precision=precision)
     size = Size(**state["size"])
     make_current(device)  # --device cuda:N: Triton kernels launch on the current device
     model = build(variant, size, device, text_weights=state.get("text_weights"))

@@ -113,3 +113,28 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     import pandas as pd
 
     pd.DataFrame([flatten(r) for r in rows]).to_csv(path, index=False)
+
+
+def row_environment(device) -> tuple[dict, dict, dict]:
+    """(device, env, git) blocks for a row: the bench's recorder, so both kinds of rows describe machines
+    alike."""
+    from bench.environment import device_info, environment, git_info
+
+    return device_info(device), environment(device), git_info()
+
+
+def write_reports(rows_path: Path, out: Path, formats: list[str]) -> None:
+    """Tables from the rows file into OUT/reports (`reports.build`); a failure is reported, not raised,
+    since the rows are the result."""
+    if not formats:
+        return
+    try:
+        from reports.build import build_reports
+    except ImportError:
+        print("note: reports.build is not available; skipped the tables (rows are written)")
+        return
+    try:
+        build_reports([rows_path], out / "reports", formats)
+        print(f"reports: {out / 'reports'}")
+    except Exception as error:
+        print(f"note: reports.build failed ({type(error).__name__}: {error}); rows are intact")

@@ -17,9 +17,7 @@ finished (variant, seed) is skipped; an interrupted one restarts from OUT/checkp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import re
 import sys
 import time
 import traceback
@@ -36,19 +34,15 @@ from ablations.loading import NextGood, loader
 from ablations.paired import load_scores, paired_auroc, save_scores
 from ablations.prompts import TEMPLATES, get_template
 from ablations.protocols import PROTOCOLS
-from ablations.result import AccuracyResult, accuracy_cell_key, append_row, read_rows
+from ablations.result import (AccuracyResult, accuracy_cell_key, append_row, read_rows, row_environment,
+                              write_reports)
 from ablations.summary import format_summary, seed_summary
 from ablations.train import Diverged, TrainConfig, seed_everything, train
+from ablations.tree_info import Subset, describe_tree, file_stem, split_calibration
 from ablations.variants import CellSpec, cells_from_args
 from bench.config import parse_with_config
-from bench.environment import device_info, environment, git_info
 
 CACHE_LIMIT_BYTES = 4 * 2**30  # hold a split in memory (decoded once for all variants and seeds) below this
-
-
-def _environment(device: torch.device) -> tuple[dict, dict, dict]:
-    # The bench's recorder, so both kinds of rows describe machines alike.
-    return device_info(device), environment(device), git_info()
 
 
 def _cached(dataset, size, workers: int = 0) -> Any:
@@ -56,34 +50,6 @@ def _cached(dataset, size, workers: int = 0) -> Any:
     if n_bytes > CACHE_LIMIT_BYTES:
         return dataset
     return [s for batch in loader(dataset, batch=16, workers=workers) for s in batch if s is not None]
-
-
-def split_calibration(dataset, fraction: float) -> tuple[list[int], list[int]]:
-    """(train indices, calibration indices): whole patients, chosen by a hash of the patient id so the
-    slice does not depend on the order or number of volumes."""
-    from ablations.evaluate import patient_groups
-
-    names = [s.name for s in dataset] if isinstance(dataset, list) else list(dataset.names)
-    groups = patient_groups(names) or names
-    held = [i for i, g in enumerate(groups)
-            if int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction]
-    held_set = set(held)
-    return [i for i in range(len(names)) if i not in held_set], held
-
-
-class _Subset:
-    def __init__(self, data, indices: list[int]) -> None:
-        self.data, self.indices = data, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.data[self.indices[i]]
-
-
-def _safe(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)[:150] + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
 def run_cell(cell: CellSpec, seed: int, key: str, policy: AutocastPolicy, args, size, splits: dict,
@@ -114,7 +80,7 @@ def run_cell(cell: CellSpec, seed: int, key: str, policy: AutocastPolicy, args, 
              "text_weights": args.text_weights, "prompts": template.as_dict()}
     try:
         with policy.context():
-            result = train(model, splits["train"], tok, cfg, out / "checkpoints" / _safe(key), dist, extra,
+            result = train(model, splits["train"], tok, cfg, out / "checkpoints" / file_stem(key), dist, extra,
                            progress=not args.quiet, workers=args.loader_workers)
     except Diverged as error:
         return AccuracyResult(status="diverged", message=str(error), training=training, **base)
@@ -125,7 +91,7 @@ def run_cell(cell: CellSpec, seed: int, key: str, policy: AutocastPolicy, args, 
                                              splits.get("calibration"), args.eval_batch, args.loader_workers)
     scores_file = None
     if dist.is_main:
-        scores_file = f"scores/{_safe(key)}.npz"
+        scores_file = f"scores/{file_stem(key)}.npz"
         save_scores(out / scores_file, scores)
     return AccuracyResult(status="ok", training=training, loss_curve=result.loss_curve,
                           classes=list(data_info["classes"]), protocols=blocks, roc=roc, scores_file=scores_file,
@@ -245,6 +211,7 @@ def main(argv: "list[str] | None" = None) -> int:
     from ablations.data.ctrate import CTRateDataset
     from ablations.data.errors import DataError
     from ablations.data.labels import ABNORMALITIES
+    from ablations.data.layout import SPLITS
 
     try:
         train_set, valid_set = (_cached(CTRateDataset(args.data, split, size, args.rescale, args.skip_bad), size,
@@ -253,17 +220,15 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     train_idx, calib_idx = split_calibration(train_set, args.calibration_fraction)
-    splits = {"train": NextGood(_Subset(train_set, train_idx)), "valid": valid_set}
+    splits = {"train": NextGood(Subset(train_set, train_idx)), "valid": valid_set}
     if calib_idx:
-        splits["calibration"] = _Subset(train_set, calib_idx)
-    data_info = {"name": Path(args.data).resolve().name,
-                 "source": "synthetic" if _is_synthetic(args.data) else "ct-rate",
-                 "n_train": len(train_idx), "n_calibration": len(calib_idx), "n_eval": len(valid_set),
-                 "split": "valid", "csv_sha256": _csv_digests(args.data), "classes": list(ABNORMALITIES)}
+        splits["calibration"] = Subset(train_set, calib_idx)
+    data_info = {**describe_tree(args.data, SPLITS), "n_train": len(train_idx), "n_calibration": len(calib_idx),
+                 "n_eval": len(valid_set), "split": "valid", "classes": list(ABNORMALITIES)}
     out = Path(args.out)
     rows_path = out / "accuracy.jsonl"
     done = {r["cell_key"] for r in read_rows(rows_path) if r.get("status") != "error"} if not args.no_resume else set()
-    envs = _environment(device)
+    envs = row_environment(device)
     envs[0]["count"] = dist.world_size if device.type == "cuda" else torch.get_num_threads()
     for cell in cells:
         for seed in seeds:
@@ -306,7 +271,7 @@ def main(argv: "list[str] | None" = None) -> int:
     if dist.is_main:
         rows = read_rows(rows_path)
         print(format_summary(seed_summary(rows)))
-        _build_reports(rows_path, out, args.reports)
+        write_reports(rows_path, out, args.reports)
         print(f"rows: {rows_path} (CSV {rows_path.with_suffix('.csv')}); curves: {out / 'curves'}; "
               f"checkpoints: {out / 'checkpoints'}")
     return 0
@@ -333,47 +298,10 @@ def override_size(size, assignments: list[str], text_max_len: "int | None" = Non
     return size.replace(name=f"{size.name}[{label}]", **changes)
 
 
-def _is_synthetic(root: Path) -> bool:
-    import pandas as pd
-
-    from ablations.data.layout import Layout
-
-    try:
-        meta = pd.read_csv(Layout.find(root).metadata_csv("train"), nrows=1)
-        return str(meta.get("Manufacturer", [""])[0]) == "SYNTHETIC"
-    except Exception:
-        return False
-
-
-def _csv_digests(root: Path) -> dict[str, str]:
-    """The first 16 hex digits of each CSV's SHA-256, by its path in the tree: which release of the
-    labels, reports and metadata a row's figures come from."""
-    from ablations.data.layout import SPLITS, Layout
-
-    layout = Layout.find(root)
-    files = [csv(split) for split in SPLITS for csv in (layout.labels_csv, layout.reports_csv, layout.metadata_csv)]
-    return {str(f.relative_to(layout.root)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files}
-
-
 def _write_curve(out: Path, key: str, curve: list[dict]) -> None:
-    path = out / "curves" / f"{_safe(key)}.json"
+    path = out / "curves" / f"{file_stem(key)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cell_key": key, "loss_curve": curve}))
-
-
-def _build_reports(rows_path: Path, out: Path, formats: list[str]) -> None:
-    if not formats:
-        return
-    try:
-        from reports.build import build_reports
-    except ImportError:
-        print("note: reports.build is not available; skipped the tables (rows are written)")
-        return
-    try:
-        build_reports([rows_path], out / "reports", formats)
-        print(f"reports: {out / 'reports'}")
-    except Exception as error:  # the rows are the result; a report failure must not hide them
-        print(f"note: reports.build failed ({type(error).__name__}: {error}); rows are intact")
 
 
 if __name__ == "__main__":
