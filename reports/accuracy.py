@@ -153,8 +153,9 @@ def accuracy_table(rows: list[AccRow], protocol: str, group_slug: str, average: 
         Column(
             "architecture",
             [
-                labels.architecture(rs[0].variant) + (" (baseline)" if any(r.baseline for r in rs) else "")
-                for rs in variants.values()
+                labels.architecture(rs[0].variant) + labels.evaluated_as(k)
+                + (" (baseline)" if any(r.baseline for r in rs) else "")
+                for k, rs in variants.items()
             ],
         ),
         Column("loss", [labels.loss(rs[0].variant) for rs in variants.values()]),
@@ -234,7 +235,7 @@ def per_class_table(rows: list[AccRow], protocol: str, group_slug: str, metric: 
             )
             means.append(mean)
             stds.append(std)
-        name = f"{labels.architecture(rs[0].variant)}, {labels.loss(rs[0].variant)}"
+        name = f"{labels.architecture(rs[0].variant)}{labels.evaluated_as(k)}, {labels.loss(rs[0].variant)}"
         if not ok_runs[k]:
             name += f" ({labels.status(rs[-1].status)})"
         cols.append(Column(name, means, fmt="{:.3f}", spread=stds, csv_header=f"{metric} [{k}]"))

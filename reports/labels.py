@@ -91,6 +91,12 @@ def architecture(variant: dict[str, Any]) -> str:
     return " + ".join(parts) + (", " + ", ".join(extra) if extra else "")
 
 
+def evaluated_as(variant_key: str) -> str:
+    """' [CT-CLIP_v2]' for a row of `ablations.evaluate_checkpoint` (key 'faithful@CT-CLIP_v2'), else ''."""
+    _, sep, label = variant_key.partition("@")
+    return f" [{label}]" if sep else ""
+
+
 def loss(variant: dict[str, Any]) -> str:
     return LOSS.get(variant.get("loss", "softmax"), str(variant.get("loss")))
 
