@@ -35,7 +35,7 @@ from ablations.paired import save_scores
 from ablations.prompts import TEMPLATES, get_template
 from ablations.protocols import PROTOCOLS
 from ablations.result import AccuracyResult, accuracy_cell_key, append_row, read_rows, row_environment, write_reports
-from ablations.tree_info import Subset, describe_tree, file_stem, split_calibration
+from ablations.tree_info import Subset, describe_data, file_stem, open_split, split_calibration
 from bench.config import parse_with_config
 
 UPSTREAM = "upstream CT-CLIP"
@@ -108,13 +108,12 @@ def load_for_evaluation(path: Path, device: "str | torch.device" = "cpu", upstre
 def calibration_set(root: Path, split: str, size, rescale: str, skip_bad: bool, fraction: float):
     """(held-out training patients' volumes or None, how many): the ones `ablations.run` holds out with
     the same fraction, so a `clean` figure here and there uses the same thresholds' data."""
-    from ablations.data.ctrate import CTRateDataset
     from ablations.data.errors import DataError
 
     if split != "valid" or fraction <= 0:
         return None, 0
     try:
-        train = CTRateDataset(root, "train", size, rescale, skip_bad)
+        train = open_split(root, "train", size, rescale, skip_bad)
     except (DataError, OSError) as error:
         print(f"note: no calibration volumes ({error}); the clean protocol uses a fixed 0.5 threshold")
         return None, 0
@@ -129,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="last.pt written by ablations.run, or upstream CT-CLIP's state dict (CT-CLIP_v2.pt)")
-    p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="CT-RATE tree (folder holding dataset/), or shards prepared from one (ablations.data.prepare)")
     p.add_argument("--split", choices=["valid", "train"], default="valid")
     p.add_argument("--out", type=Path, default=Path("results/evaluation"), help="folder for rows and scores")
     p.add_argument("--label", default=None,
@@ -158,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    from ablations.data.ctrate import CTRateDataset
     from ablations.data.errors import DataError
     from ablations.data.labels import ABNORMALITIES
     from ablations.data.layout import SPLITS
@@ -173,7 +172,7 @@ def main(argv: "list[str] | None" = None) -> int:
     try:
         loaded = load_for_evaluation(args.checkpoint, device, args.upstream_size, args.precision, args.tokenizer)
         template = get_template(args.template or loaded.template)
-        eval_set = CTRateDataset(args.data, args.split, loaded.size, args.rescale, args.skip_bad)
+        eval_set = open_split(args.data, args.split, loaded.size, args.rescale, args.skip_bad)
         tokenizer = load_tokenizer(loaded.tokenizer)
     except (ValueError, OSError, CheckpointError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -186,7 +185,7 @@ def main(argv: "list[str] | None" = None) -> int:
     variant = loaded.model.variant
     variant_key = f"{variant.key}@{label}"
     splits_read = [s for s in SPLITS if s == args.split or (s == "train" and calibration is not None)]
-    data = {**describe_tree(args.data, splits_read), "n_calibration": n_calibration,
+    data = {**describe_data(args.data, splits_read), "n_calibration": n_calibration,
             "n_eval": len(eval_set), "split": args.split}
     key = (accuracy_cell_key(variant_key, loaded.size.name, loaded.seed, data["name"])
            + f"|{args.split}|sha{loaded.sha256}")

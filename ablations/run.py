@@ -38,7 +38,7 @@ from ablations.result import (AccuracyResult, accuracy_cell_key, append_row, rea
                               write_reports)
 from ablations.summary import format_summary, seed_summary
 from ablations.train import Diverged, TrainConfig, seed_everything, train
-from ablations.tree_info import Subset, describe_tree, file_stem, split_calibration
+from ablations.tree_info import Subset, describe_data, file_stem, open_split, split_calibration
 from ablations.variants import CellSpec, cells_from_args
 from bench.config import parse_with_config
 
@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m ablations.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="CT-RATE tree (folder holding dataset/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="CT-RATE tree (folder holding dataset/), or shards prepared from one at --size "
+                        "(python -m ablations.data.prepare; read as stored, float16)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="processes that read and resample volumes ahead of the model (0: in this one); "
                         "real CT-RATE needs several: a paper-size volume takes ~4 s of a core")
@@ -208,13 +210,12 @@ def main(argv: "list[str] | None" = None) -> int:
         device = torch.device("cuda", dist.local_rank)
     make_current(device)  # --device cuda:N: Triton kernels launch on the current device
 
-    from ablations.data.ctrate import CTRateDataset
     from ablations.data.errors import DataError
     from ablations.data.labels import ABNORMALITIES
     from ablations.data.layout import SPLITS
 
     try:
-        train_set, valid_set = (_cached(CTRateDataset(args.data, split, size, args.rescale, args.skip_bad), size,
+        train_set, valid_set = (_cached(open_split(args.data, split, size, args.rescale, args.skip_bad), size,
                                         args.loader_workers) for split in ("train", "valid"))
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -223,7 +224,7 @@ def main(argv: "list[str] | None" = None) -> int:
     splits = {"train": NextGood(Subset(train_set, train_idx)), "valid": valid_set}
     if calib_idx:
         splits["calibration"] = Subset(train_set, calib_idx)
-    data_info = {**describe_tree(args.data, SPLITS), "n_train": len(train_idx), "n_calibration": len(calib_idx),
+    data_info = {**describe_data(args.data, SPLITS), "n_train": len(train_idx), "n_calibration": len(calib_idx),
                  "n_eval": len(valid_set), "split": "valid", "classes": list(ABNORMALITIES)}
     out = Path(args.out)
     rows_path = out / "accuracy.jsonl"

@@ -1,12 +1,17 @@
-"""What an accuracy row records about the CT-RATE tree it read, and the patients held out of training.
+"""Where an accuracy run's volumes come from, what its row records about them, and the patients held
+out of training.
 
+`--data` is a CT-RATE tree (real or generated), read and resampled as it goes, or a folder of shards
+prepared from one (`python -m ablations.data.prepare`), read as stored (float16, already resampled).
 Shared by `ablations.run` (train, then evaluate) and `ablations.evaluate_checkpoint` (evaluate only), so
-that both describe their data alike and fit the `clean` protocol's thresholds on the same volumes.
+that both read and describe their data alike and fit the `clean` protocol's thresholds on the same
+volumes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -73,3 +78,33 @@ def describe_tree(root: Path, splits: Sequence[str]) -> dict[str, str | dict[str
     """The row's `data.name`, `data.source` and `data.csv_sha256` for the `splits` read from `root`."""
     return {"name": Path(root).resolve().name, "source": "synthetic" if is_synthetic(root) else "ct-rate",
             "csv_sha256": csv_digests(root, splits)}
+
+
+def is_shard_folder(path: "str | Path") -> bool:
+    """Whether `path` holds prepared splits (`<split>/manifest.json`) rather than a CT-RATE tree."""
+    return any((Path(path) / split / "manifest.json").is_file() for split in ("train", "valid"))
+
+
+def open_split(root: Path, split: str, size, rescale: str = "auto", skip_bad: bool = False):
+    """One split as a map-style data set of `Sample`s at `size` (a models.Size): a CT-RATE tree's
+    (`rescale` and `skip_bad` as the loader takes them) or prepared shards' (prepared at that size)."""
+    if is_shard_folder(root):
+        from ablations.data.shard_index import ShardDataset
+
+        return ShardDataset(Path(root) / split, (size.depth, size.image_size, size.image_size))
+    from ablations.data.ctrate import CTRateDataset
+
+    return CTRateDataset(root, split, size, rescale, skip_bad)
+
+
+def describe_data(root: Path, splits: Sequence[str]) -> dict:
+    """`describe_tree`, for shards from what prepare recorded of their tree. A shard run's name gets
+    `-shards` so its rows, trained on float16-rounded volumes, never resume or average with the tree's."""
+    if not is_shard_folder(root):
+        return describe_tree(root, splits)
+    manifests = [json.loads((Path(root) / s / "manifest.json").read_text()) for s in splits]
+    tree = next((m["data"] for m in manifests if m.get("data")), {})
+    digests = {k: v for m in manifests for k, v in (m.get("data") or {}).get("csv_sha256", {}).items()}
+    return {"name": f"{tree.get('name', Path(root).resolve().name)}-shards", "source": tree.get("source", "unknown"),
+            "csv_sha256": digests, "shards": str(Path(root).resolve()),
+            "volume_dtype": manifests[0].get("volume_dtype", "float16")}

@@ -3,9 +3,10 @@
     python -m ablations.data.prepare --src DIR --out SHARDS --size paper [--workers 8] [--skip-bad]
 
 Writes SHARDS/<split>/shard-000000.tar ... and SHARDS/<split>/manifest.json (total_samples, shards,
-size, target shape, skipped volumes). Volumes are assigned to shards by sorted name, so a rerun after
-an interruption skips every shard already on disk (shards are written to .tmp and renamed) and
-produces the same files.
+size, target shape, skipped volumes, and the source tree's name, kind and CSV digests). Volumes are
+assigned to shards by sorted name, so a rerun after an interruption skips every shard already on disk
+(shards are written to .tmp and renamed) and produces the same files. `ablations.run --data SHARDS`
+trains and evaluates from them (ablations.data.shard_index).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ablations.data.layout import SPLITS, Layout
 from ablations.data.resample import VOLUME_SIZES, voxel_spacing
 from ablations.data.shards import write_shard
 from ablations.data.volume_io import RESCALE_MODES
+from ablations.tree_info import describe_tree
 from bench.config import parse_with_config
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ def prepare_split(src: "str | Path", out: "str | Path", split: str, size: str = 
                 "volume_shape": list(ds.target), "spacing_mm": list(voxel_spacing(ds.target)),
                 "volume_dtype": "float16",
                 "layout": "bin=(H,W,D) float16; labels=18 float32; txt; json", "source": str(Path(src).resolve()),
+                "data": describe_tree(Path(src), [split]),
                 "shards": [{"name": r["name"], "samples": r["samples"]} for r in records], "skipped": skipped,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
