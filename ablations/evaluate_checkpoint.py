@@ -188,7 +188,7 @@ def main(argv: "list[str] | None" = None) -> int:
     data = {**describe_data(args.data, splits_read), "n_calibration": n_calibration,
             "n_eval": len(eval_set), "split": args.split}
     key = (accuracy_cell_key(variant_key, loaded.size.name, loaded.seed, data["name"])
-           + f"|{args.split}|sha{loaded.sha256}")
+           + f"|{args.split}|{template.name}|sha{loaded.sha256}")
     rows_path = args.out / "accuracy.jsonl"
     if not args.no_resume and any(r["cell_key"] == key and r.get("status") == "ok" for r in read_rows(rows_path)):
         print(f"skip {key}: already in {rows_path} (--no-resume evaluates again)")

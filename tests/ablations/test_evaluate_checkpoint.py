@@ -48,7 +48,7 @@ def test_a_run_checkpoint_scores_exactly_as_the_run_did(phantom_tree, tmp_path, 
 
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
     assert row["design"] == "checkpoint" and row["variant_key"] == "faithful@checkpoint" and row["seed"] == 1
-    assert row["cell_key"] == f"faithful@checkpoint|tiny|seed1|{data.name}|valid|sha{sha}"
+    assert row["cell_key"] == f"faithful@checkpoint|tiny|seed1|{data.name}|valid|present|sha{sha}"
     assert row["training"]["steps"] == 3 and row["training"]["checkpoint_sha256"] == sha
     assert row["training"]["source"] == "ablations.run"
     for field in ("n_eval", "n_calibration", "source", "split"):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ablations.data import prepare
 from ablations.data.ctrate import CTRateDataset, read_csv
 from ablations.data.errors import DataError
 from ablations.data.labels import ABNORMALITIES
@@ -19,6 +20,7 @@ from ablations.data.layout import Layout
 from ablations.data.resample import target_shape
 from ablations.data.volume_io import read_volume
 from ablations.infer import TreeMetadata, tree_metadata
+from ablations.tree_info import describe_data
 from tests.ablations.data.nifti import write_nifti
 
 REPO = Path(__file__).resolve().parents[3]
@@ -162,13 +164,18 @@ def test_infer_finds_the_metadata_of_a_volume_in_a_hugging_face_cache(tmp_path):
     assert tree_metadata(volume) == TreeMetadata(2.0, -8192.0, None, "header")
 
 
-def test_schema_documents_every_data_field_that_run_writes():
-    # run.py's `data_info` literal becomes each row's `data` block; `classes` is popped into the row's
-    # top-level `classes` before the row is written.
+def test_schema_documents_every_data_field_that_run_writes(tiny_tree, tmp_path):
+    # run.py's `data_info` literal becomes each row's `data` block: its own keys, and what it unpacks
+    # from describe_data, for a tree and for shards; `classes` is popped into the row's top-level
+    # `classes` before the row is written.
     tree = ast.parse((REPO / "ablations" / "run.py").read_text())
     literal = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
                    and any(isinstance(t, ast.Name) and t.id == "data_info" for t in node.targets))
-    written = {key.value for key in literal.keys} - {"classes"}
+    assert any(key is None and "describe_data" in ast.unparse(value)
+               for key, value in zip(literal.keys, literal.values))
+    written = {key.value for key in literal.keys if key is not None} - {"classes"}
+    assert prepare.main(["--src", str(tiny_tree), "--out", str(tmp_path), "--size", "tiny", "--split", "train"]) == 0
+    written |= set(describe_data(tiny_tree, ["train"])) | set(describe_data(tmp_path, ["train"]))
     row = next(line for line in (REPO / "docs" / "accuracy-schema.md").read_text().splitlines()
                if line.startswith("| `data` |"))
     documented = set(row.split("|")[3].replace("`", " ").replace(",", " ").split())
