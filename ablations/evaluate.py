@@ -47,6 +47,18 @@ def evaluate_model(model, eval_set: Sequence, tokenize: Callable, classes: Seque
     return blocks, roc_points(scores), scores
 
 
+def add_evaluation_arguments(parser) -> None:
+    """The metric flags `ablations.run` and `ablations.evaluate_checkpoint` share, with one meaning."""
+    from ablations.protocols import PROTOCOLS
+
+    parser.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=["ctclip", "clean", "maxf1"])
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument("--calibration-fraction", type=float, default=0.1,
+                        help="share of training patients held out to fit `clean` thresholds (0: fixed 0.5)")
+    parser.add_argument("--eval-batch", type=int, default=8)
+
+
 def macro_value(block: dict[str, Any], metric: str = "auroc") -> "float | None":
     return block["macro"][metric]["value"]
 

@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 
 from ablations.bootstrap import BootstrapSpec
-from ablations.evaluate import evaluate_model
+from ablations.evaluate import add_evaluation_arguments, evaluate_model
 from ablations.infer import model_from_state
 from ablations.paired import save_scores
 from ablations.prompts import TEMPLATES, get_template
-from ablations.protocols import PROTOCOLS
 from ablations.result import AccuracyResult, accuracy_cell_key, append_row, read_rows, row_environment, write_reports
 from ablations.tree_info import Subset, describe_data, file_stem, open_split, split_calibration
 from bench.config import parse_with_config
@@ -141,12 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local tokenizer folder (needed for upstream; default for ours: the one it recorded)")
     p.add_argument("--template", choices=sorted(TEMPLATES), default=None,
                    help="prompt template (default: the checkpoint's; upstream: present)")
-    p.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=["ctclip", "clean", "maxf1"])
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
-    p.add_argument("--bootstrap-seed", type=int, default=0)
-    p.add_argument("--calibration-fraction", type=float, default=0.1,
-                   help="share of training patients whose volumes fit the clean thresholds (as ablations.run)")
-    p.add_argument("--eval-batch", type=int, default=8)
+    add_evaluation_arguments(p)
     p.add_argument("--loader-workers", type=int, default=0, help="processes reading volumes ahead of the model")
     p.add_argument("--skip-bad", action="store_true", help="log and leave out unreadable or unlabelled volumes")
     p.add_argument("--rescale", default="auto", choices=RESCALE_MODES,

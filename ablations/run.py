@@ -29,11 +29,10 @@ import torch
 from ablations.autocast_policy import POLICIES, AutocastPolicy, autocast_policy
 from ablations.bootstrap import BootstrapSpec
 from ablations.distributed import DistContext, init_from_env
-from ablations.evaluate import evaluate_model, patient_groups
+from ablations.evaluate import add_evaluation_arguments, evaluate_model, patient_groups
 from ablations.loading import NextGood, loader
 from ablations.paired import load_scores, paired_auroc, save_scores
 from ablations.prompts import TEMPLATES, get_template
-from ablations.protocols import PROTOCOLS
 from ablations.result import (AccuracyResult, accuracy_cell_key, append_row, read_rows, row_environment,
                               write_reports)
 from ablations.summary import format_summary, seed_summary
@@ -170,12 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--siglip-impl", choices=["shift", "gather"], default="shift")
     p.add_argument("--template", choices=sorted(TEMPLATES), default="present")
-    p.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=["ctclip", "clean", "maxf1"])
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
-    p.add_argument("--bootstrap-seed", type=int, default=0)
-    p.add_argument("--calibration-fraction", type=float, default=0.1,
-                   help="share of training patients held out to fit `clean` thresholds (0: fixed 0.5)")
-    p.add_argument("--eval-batch", type=int, default=8)
+    add_evaluation_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--autocast-policy", choices=POLICIES, default="device",
                    help="on a CPU, whose autocast casts a bf16/fp16 cell follows: the CPU's own (which keeps "
