@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from ablations.data.provenance import describe_tree
+
 
 def split_calibration(dataset, fraction: float) -> tuple[list[int], list[int]]:
     """(train indices, calibration indices): whole patients, chosen by a hash of the patient id so the
@@ -46,38 +48,6 @@ class Subset:
 def file_stem(key: str) -> str:
     """A file-system-safe name for a cell key, unique by its hash suffix (checkpoints, scores, curves)."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)[:150] + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
-
-
-def is_synthetic(root: Path) -> bool:
-    """Whether `root` holds generated phantoms (their metadata names the manufacturer SYNTHETIC)."""
-    import pandas as pd
-
-    from ablations.data.layout import Layout
-
-    layout = Layout.find(root)
-    for split in ("train", "valid"):
-        try:
-            meta = pd.read_csv(layout.metadata_csv(split), nrows=1)
-            return str(meta.get("Manufacturer", [""])[0]) == "SYNTHETIC"
-        except Exception:
-            continue
-    return False
-
-
-def csv_digests(root: Path, splits: Sequence[str]) -> dict[str, str]:
-    """The first 16 hex digits of each CSV's SHA-256, by its path in the tree: which release of the
-    labels, reports and metadata a row's figures come from."""
-    from ablations.data.layout import Layout
-
-    layout = Layout.find(root)
-    files = [csv(split) for split in splits for csv in (layout.labels_csv, layout.reports_csv, layout.metadata_csv)]
-    return {str(f.relative_to(layout.root)): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files}
-
-
-def describe_tree(root: Path, splits: Sequence[str]) -> dict[str, str | dict[str, str]]:
-    """The row's `data.name`, `data.source` and `data.csv_sha256` for the `splits` read from `root`."""
-    return {"name": Path(root).resolve().name, "source": "synthetic" if is_synthetic(root) else "ct-rate",
-            "csv_sha256": csv_digests(root, splits)}
 
 
 def is_shard_folder(path: "str | Path") -> bool:

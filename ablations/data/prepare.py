@@ -24,10 +24,10 @@ from tqdm import tqdm
 from ablations.data.ctrate import CTRateDataset
 from ablations.data.errors import DataError
 from ablations.data.layout import SPLITS, Layout
+from ablations.data.provenance import describe_tree
 from ablations.data.resample import VOLUME_SIZES, voxel_spacing
 from ablations.data.shards import write_shard
 from ablations.data.volume_io import RESCALE_MODES
-from ablations.tree_info import describe_tree
 from bench.config import parse_with_config
 
 log = logging.getLogger(__name__)
