@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", type=int, default=0, help="processes reading volumes ahead of the model")
     p.add_argument("--skip-bad", action="store_true", help="log and leave out unreadable or unlabelled volumes")
     p.add_argument("--rescale", default="auto", choices=RESCALE_MODES,
-                   help="apply the metadata CSV's slope/intercept: auto (detect HU), always, never")
+                   help="apply the metadata CSV's slope/intercept: auto (detect HU), always, never (a tree only: "
+                        "shards were rescaled when prepared)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-resume", action="store_true", help="evaluate again even if the row exists")
     p.add_argument("--reports", nargs="*", default=["md", "csv"], help="formats for reports.build (none: skip)")

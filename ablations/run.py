@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log and leave out unreadable volumes and volumes without a label or report row "
                         "(training takes the next good volume in a bad one's place)")
     p.add_argument("--rescale", default="auto", choices=RESCALE_MODES,
-                   help="apply the metadata CSV's slope/intercept: auto (detect HU), always, never")
+                   help="apply the metadata CSV's slope/intercept: auto (detect HU), always, never (a tree only: "
+                        "shards were rescaled when prepared)")
     p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for rows, curves, checkpoints")
     p.add_argument("--design", default=None, help="paper | ofat | loo | full (bench.design)")
     p.add_argument("--variants", nargs="+", default=None,

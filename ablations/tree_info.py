@@ -61,6 +61,9 @@ def open_split(root: Path, split: str, size, rescale: str = "auto", skip_bad: bo
     if is_shard_folder(root):
         from ablations.data.shard_index import ShardDataset
 
+        if skip_bad or rescale != "auto":
+            print(f"note: {root} holds prepared shards: --skip-bad and --rescale applied when they were prepared "
+                  "(ablations.data.prepare) and do nothing here")
         return ShardDataset(Path(root) / split, (size.depth, size.image_size, size.image_size))
     from ablations.data.ctrate import CTRateDataset
 

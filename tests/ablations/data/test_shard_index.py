@@ -61,14 +61,15 @@ def test_shards_of_another_size_or_damaged_ones_are_refused(tiny_tree, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_run_on_shards_matches_the_run_on_their_tree(phantom_tree, tmp_path):
+def test_a_run_on_shards_matches_the_run_on_their_tree(phantom_tree, tmp_path, capsys):
     data = phantom_tree(30, 0.3)
     shards = tmp_path / "shards"
     _prepare(data, shards, per_shard=8)
     common = ["--variants", "vq=off", "--steps", "3", "--batch", "4", "--bootstrap", "20", "--quiet",
               "--reports"]
     assert run_main(["--data", str(data), "--out", str(tmp_path / "tree"), *common]) == 0
-    assert run_main(["--data", str(shards), "--out", str(tmp_path / "sharded"), *common]) == 0
+    assert run_main(["--data", str(shards), "--out", str(tmp_path / "sharded"), "--skip-bad", *common]) == 0
+    assert "--skip-bad and --rescale applied when they were prepared" in capsys.readouterr().out
     [tree_row], [shard_row] = read_rows(tmp_path / "tree" / "accuracy.jsonl"), \
         read_rows(tmp_path / "sharded" / "accuracy.jsonl")
     assert shard_row["data"]["name"] == f"{data.name}-shards" and shard_row["data"]["shards"] == str(shards.resolve())
