@@ -11,7 +11,6 @@ volumes.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -75,7 +74,9 @@ def describe_data(root: Path, splits: Sequence[str]) -> dict:
     `-shards` so its rows, trained on float16-rounded volumes, never resume or average with the tree's."""
     if not is_shard_folder(root):
         return describe_tree(root, splits)
-    manifests = [json.loads((Path(root) / s / "manifest.json").read_text()) for s in splits]
+    from ablations.data.shards import read_manifest
+
+    manifests = [read_manifest(Path(root) / s) for s in splits]
     tree = next((m["data"] for m in manifests if m.get("data")), {})
     digests = {k: v for m in manifests for k, v in (m.get("data") or {}).get("csv_sha256", {}).items()}
     return {"name": f"{tree.get('name', Path(root).resolve().name)}-shards", "source": tree.get("source", "unknown"),

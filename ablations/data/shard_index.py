@@ -11,7 +11,6 @@ training time (a paper-size volume is read in a fraction of a second instead of 
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +19,7 @@ import torch
 
 from ablations.data.ctrate import Sample
 from ablations.data.errors import DataError
-from ablations.data.shards import decode
+from ablations.data.shards import decode, read_manifest
 
 MEMBERS = ("bin", "txt", "labels", "json")  # what shards.encode writes for each sample
 
@@ -41,11 +40,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, folder: "str | Path", volume_shape: "tuple[int, int, int] | None" = None) -> None:
         self.folder = Path(folder)
-        manifest_path = self.folder / "manifest.json"
-        if not manifest_path.is_file():
-            raise DataError(manifest_path, "shard manifest is missing",
-                            "run `python -m ablations.data.prepare` to build (or finish) the shards")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_manifest(self.folder)
         prepared = tuple(self.manifest["volume_shape"])
         if volume_shape is not None and prepared != tuple(volume_shape):
             raise DataError(self.folder, f"shards were prepared at {list(prepared)} (size "

@@ -49,6 +49,15 @@ def write_shard(path: Path, samples: list[Sample]) -> None:
     os.replace(tmp, path)
 
 
+def read_manifest(folder: Path) -> dict:
+    """A prepared split's manifest.json (ablations.data.prepare); DataError if it is not there."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise DataError(path, "shard manifest is missing",
+                        "run `python -m ablations.data.prepare` to build (or finish) the shards")
+    return json.loads(path.read_text())
+
+
 def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -67,10 +76,7 @@ class ShardReader(torch.utils.data.IterableDataset):
         super().__init__()
         if isinstance(shards, (str, Path)):
             folder = Path(shards)
-            if not (folder / "manifest.json").exists():
-                raise DataError(folder / "manifest.json", "shard manifest is missing",
-                                "run `python -m ablations.data.prepare` to build (or finish) the shards")
-            manifest = json.loads((folder / "manifest.json").read_text())
+            manifest = read_manifest(folder)
             shards = [folder / s["name"] for s in manifest["shards"]]
             self.total_samples = int(manifest["total_samples"])
         else:
